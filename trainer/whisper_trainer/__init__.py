@@ -1,0 +1,1 @@
+"""The distributed Whisper trainer that runs in the pods (Ascend NPU, NVIDIA GPU or CPU)."""

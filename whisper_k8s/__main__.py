@@ -1,0 +1,3 @@
+from whisper_k8s.cli.main import main
+
+raise SystemExit(main())
