@@ -14,7 +14,9 @@ from whisper_k8s.assets import processor as proc
 from whisper_k8s.errors import UserError
 
 # Whisper's pre-tokenisation pattern (openai-whisper's tiktoken encoding) and the sentences it is checked on.
-WHISPER_SPLIT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+WHISPER_SPLIT = regex.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
 SENTENCES = [
     " hello world",
     "The quick brown fox jumps over the lazy dog.",
@@ -30,7 +32,7 @@ def tiktoken_reference_encode(ranks: dict[bytes, int], text: str) -> list[int]:
     for piece in WHISPER_SPLIT.findall(text):
         parts = [bytes([b]) for b in piece.encode("utf-8")]
         while len(parts) > 1:
-            ranked = [(ranks.get(a + b), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            ranked = [(ranks.get(a + b), i) for i, (a, b) in enumerate(zip(parts, parts[1:], strict=False))]
             ranked = [(rank, i) for rank, i in ranked if rank is not None]
             if not ranked:
                 break
@@ -108,8 +110,14 @@ def test_prefix_tokens_for_hindi_transcription(tokenizer):
 def test_processor_loads_offline_in_a_fresh_process(processor_dir):
     # A fresh interpreter with the Hub switched off and every proxy pointing at a closed port: any
     # download attempt would fail.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HTTPS_PROXY="http://127.0.0.1:9",
-               HTTP_PROXY="http://127.0.0.1:9", HF_HOME=str(processor_dir.parent / "empty-hf-home"))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+        HF_HOME=str(processor_dir.parent / "empty-hf-home"),
+    )
     script = (
         "import json, sys\n"
         "from transformers import WhisperProcessor\n"
@@ -117,8 +125,13 @@ def test_processor_loads_offline_in_a_fresh_process(processor_dir):
         "print(json.dumps([p.feature_extractor.feature_size, len(p.tokenizer),"
         " p.tokenizer.convert_tokens_to_ids('<|notimestamps|>'), type(p.tokenizer).__name__]))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(processor_dir)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(processor_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [128, 51866, 50364, "WhisperTokenizer"]
 

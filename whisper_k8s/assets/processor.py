@@ -54,9 +54,7 @@ def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise UserError(
-            f"unknown processor variant {name!r}: choose one of {', '.join(VARIANTS)}"
-        ) from None
+        raise UserError(f"unknown processor variant {name!r}: choose one of {', '.join(VARIANTS)}") from None
 
 
 def whisper_assets_dir() -> Path:
@@ -70,7 +68,9 @@ def whisper_assets_dir() -> Path:
         )
     assets = Path(next(iter(spec.submodule_search_locations))) / "assets"
     if not assets.is_dir():
-        raise UserError(f"{assets} is missing: reinstall openai-whisper (`pip install --no-deps openai-whisper`)")
+        raise UserError(
+            f"{assets} is missing: reinstall openai-whisper (`pip install --no-deps openai-whisper`)"
+        )
     return assets
 
 
