@@ -1,0 +1,106 @@
+"""The operator contract against the reference facts: pod names, node ranks, injected env, labels."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from whisper_k8s.errors import UserError
+from whisper_k8s.operators import get_contract
+
+
+def recorded(reference, name):
+    return json.loads((reference / "k8s-api-responses" / f"{name}.json").read_text())
+
+
+@pytest.fixture
+def job_document(reference):
+    """The PyTorchJob the API server accepted (Master 1 + Worker 1, port 23456), as it was sent."""
+    return recorded(reference, "pytorchjob_create_201")["request"]["body"]
+
+
+def with_workers(document, workers, nproc=None):
+    doc = copy.deepcopy(document)
+    doc["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] = workers
+    if nproc is not None:
+        doc["spec"]["nprocPerNode"] = nproc
+    return doc
+
+
+def test_readme_states_the_facts_this_contract_encodes(reference):
+    """If the reference README changes these facts, this contract must be revisited."""
+    facts = (reference / "README.md").read_text()
+    for phrase in ('`PYTHONUNBUFFERED` = `"0"`', "`MASTER_ADDR`=`PET_MASTER_ADDR`=`<job>-master-0`",
+                   "`MASTER_PORT`=`PET_MASTER_PORT`", "master 0, worker i -> i+1", "`PET_NNODES` = total replicas",
+                   "`PET_NPROC_PER_NODE` = spec.nprocPerNode verbatim", "(default 23456)",
+                   "container port named `pytorchjob-port`",
+                   "`training.kubeflow.org/{job-name,replica-type,replica-index,job-role,operator-name}`"):
+        assert phrase in facts, phrase
+
+
+def test_env_per_replica_matches_operator(job_document):
+    job = get_contract("pytorchjob").read_job([{"kind": "ConfigMap"}, with_workers(job_document, 3, "8")])
+    assert [r.pod_name for r in job.replicas] == [
+        "whisper-ft-master-0", "whisper-ft-worker-0", "whisper-ft-worker-1", "whisper-ft-worker-2"]
+    assert [r.node_rank for r in job.replicas] == [0, 1, 2, 3]
+    assert [r.label for r in job.replicas] == ["master-0", "worker-0", "worker-1", "worker-2"]
+    worker = job.replica("worker-1")
+    assert worker.env == {
+        "PYTHONUNBUFFERED": "0",
+        "MASTER_PORT": "23456", "MASTER_ADDR": "whisper-ft-master-0",
+        "PET_MASTER_PORT": "23456", "PET_MASTER_ADDR": "whisper-ft-master-0",
+        "WORLD_SIZE": "32", "RANK": "2", "PET_NPROC_PER_NODE": "8", "PET_NODE_RANK": "2", "PET_NNODES": "4",
+    }
+    # the operator's append order (later entries win over a container's own variables of the same name)
+    assert list(worker.env) == ["PYTHONUNBUFFERED", "MASTER_PORT", "MASTER_ADDR", "PET_MASTER_PORT",
+                                "PET_MASTER_ADDR", "WORLD_SIZE", "RANK", "PET_NPROC_PER_NODE",
+                                "PET_NODE_RANK", "PET_NNODES"]
+    assert job.master_host == "whisper-ft-master-0" and job.master_port == 23456
+    assert all(r.container == "pytorch" and r.restart_policy == "OnFailure" for r in job.replicas)
+
+
+def test_default_nproc_auto_counts_one_process_per_pod(job_document):
+    job = get_contract("pytorchjob").read_job([job_document])
+    master = job.replica("master-0")
+    assert master.env["PET_NPROC_PER_NODE"] == "auto"
+    assert master.env["WORLD_SIZE"] == "2" and master.env["RANK"] == "0"
+
+
+def test_port_from_named_container_port_else_default(job_document):
+    doc = copy.deepcopy(job_document)
+    doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["ports"] = [
+        {"name": "pytorchjob-port", "containerPort": 29400}]
+    assert get_contract("pytorchjob").read_job([doc]).replica("worker-0").env["MASTER_PORT"] == "29400"
+    del doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["ports"]
+    assert get_contract("pytorchjob").read_job([doc]).master_port == 23456
+
+
+def test_labels_equal_the_recorded_operator_pods(reference, job_document):
+    doc = copy.deepcopy(job_document)
+    doc["metadata"]["name"] = "whisper-train"
+    job = get_contract("pytorchjob").read_job([doc])
+    for label, fixture in (("master-0", "pod_create_master_8_ascend_201"),
+                           ("worker-0", "pod_create_worker_9_ascend_201")):
+        pod = recorded(reference, fixture)["request"]["body"]["metadata"]
+        replica = job.replica(label)
+        assert replica.pod_name == pod["name"]
+        assert replica.labels == pod["labels"]
+    assert get_contract("pytorchjob").job_name_label == "training.kubeflow.org/job-name"
+
+
+def test_success_policy_is_master_success():
+    contract = get_contract("pytorchjob")
+    assert contract.succeeded({"master-0": "Succeeded", "worker-0": "Running"})
+    assert not contract.succeeded({"master-0": "Running", "worker-0": "Succeeded"})
+
+
+def test_bad_documents_are_refused_by_field(job_document):
+    contract = get_contract("pytorchjob")
+    with pytest.raises(UserError, match="exactly one PyTorchJob"):
+        contract.read_job([{"kind": "ConfigMap"}])
+    with pytest.raises(UserError, match=r"Worker\.replicas must be an integer"):
+        contract.read_job([with_workers(job_document, "two")])
+    with pytest.raises(UserError, match="unknown operator"):
+        get_contract("mpijob")
