@@ -1,0 +1,54 @@
+"""Audio in: any MP3/WAV/FLAC file (or file object) -> 16 kHz mono float32, cut into Whisper's 30 s windows.
+
+Whisper's encoder sees exactly 30 s at a time, so audio of any length is transcribed window by window. The
+windows here are plain consecutive slices (no overlap, no timestamp-driven seeking): simple, deterministic,
+and good enough for read speech such as Common Voice, where a sentence rarely straddles a boundary.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO
+
+import numpy as np
+
+from whisper_k8s.errors import UserError
+
+SAMPLE_RATE = 16_000
+WINDOW_SECONDS = 30
+WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
+
+
+def load_audio(source: str | os.PathLike | IO[bytes], name: str | None = None) -> np.ndarray:
+    """Decode ``source`` (a path or a binary file object) to a 16 kHz mono float32 array.
+
+    soundfile (libsndfile >= 1.1) reads MP3, WAV and FLAC; several channels are averaged; soxr resamples
+    with its high-quality filter. ``name`` labels error messages when ``source`` is a file object.
+    """
+    import soundfile
+    import soxr
+
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else repr(source))
+    if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+        raise UserError(f"audio file {label} does not exist: check the path")
+    try:
+        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as err:
+        raise UserError(
+            f"cannot decode audio {label}: {err}. Give an MP3, WAV or FLAC file (libsndfile >= 1.1 reads MP3)"
+        ) from err
+    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    if rate != SAMPLE_RATE and mono.size:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def split_windows(audio: np.ndarray, window_samples: int = WINDOW_SAMPLES) -> list[np.ndarray]:
+    """Consecutive ``window_samples`` slices of ``audio``; the last one may be shorter.
+
+    Empty audio still gives one (empty) window, so every file yields a transcript, even an empty one. The
+    feature extractor pads each window to 30 s.
+    """
+    if audio.size == 0:
+        return [audio]
+    return [audio[start : start + window_samples] for start in range(0, audio.size, window_samples)]

@@ -1,0 +1,324 @@
+"""Transcribe audio with any Whisper checkpoint of ours: long files in 30 s windows, batched, language given or
+detected, on NPU, GPU or CPU.
+
+Why not ``model.generate(language=...)``: Whisper's own generate needs a complete generation_config
+(``lang_to_id``, ``task_to_id``, ...), which models pretrained from scratch here and converted MindSpeed-MM
+checkpoints do not carry. So the decoder prompt is built from the tokenizer's special tokens
+(``<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>``, the same prefix the trainer's labels hold),
+and the plain encoder-decoder generation loop of transformers runs greedy or beam search from it until
+``<|endoftext|>``. Language detection is Whisper's: one decoder step after ``<|startoftranscript|>`` on the
+first window, arg-max over the language tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from whisper_k8s.errors import UserError
+from whisper_k8s.inference.audio import SAMPLE_RATE, load_audio, split_windows
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "npu", "cuda", "cpu")
+TASKS = ("transcribe", "translate")
+START_TOKEN = "<|startoftranscript|>"
+NO_TIMESTAMPS_TOKEN = "<|notimestamps|>"
+END_TOKEN = "<|endoftext|>"
+
+
+@dataclass
+class Result:
+    """The transcript of one audio file (or one in-memory clip)."""
+
+    path: str
+    text: str
+    language: str
+    language_detected: bool
+    duration_s: float
+    windows: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "text": self.text,
+            "language": self.language,
+            "language_detected": self.language_detected,
+            "duration_s": round(self.duration_s, 3),
+            "windows": self.windows,
+        }
+
+
+# --- device, model and processor -------------------------------------------------------------------------
+
+
+def resolve_device(name: str = "auto"):
+    """``auto`` picks an Ascend NPU (torch_npu installed and a device visible), else CUDA, else the CPU."""
+    import torch
+
+    if name not in DEVICES:
+        raise UserError(f"--device {name!r} is not one of {', '.join(DEVICES)}")
+    if name in ("auto", "npu") and _npu_available():
+        return torch.device("npu")
+    if name == "npu":
+        raise UserError("--device npu: torch_npu is not installed or no Ascend NPU is visible; use --device auto")
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if name == "cuda":
+        raise UserError("--device cuda: no CUDA device is visible; use --device auto or cpu")
+    return torch.device("cpu")
+
+
+def _npu_available() -> bool:
+    try:
+        import torch
+        import torch_npu  # noqa: F401  (registers the "npu" device type)
+    except ImportError:
+        return False
+    return bool(torch.npu.is_available())
+
+
+def is_hf_model_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def load_model(path: str | os.PathLike, device: str = "auto", dtype=None):
+    """A WhisperForConditionalGeneration in eval mode from a Hugging Face folder, a MindSpeed-MM ``.pth`` or a
+    Megatron checkpoint folder (the last two converted in memory by ``whisper_k8s.convert``)."""
+    path = Path(path)
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    if not path.exists():
+        raise UserError(f"--model {path} does not exist: give a Hugging Face folder, a .pth or a checkpoint folder")
+    if is_hf_model_dir(path):
+        from transformers import WhisperForConditionalGeneration
+
+        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype or "float32")
+    else:
+        model = _load_converted(path, dtype)
+    return model.to(torch_device).eval()
+
+
+def _load_converted(path: Path, dtype):
+    try:
+        from whisper_k8s.convert import load_hf_model
+    except ImportError as err:
+        raise UserError(
+            f"--model {path} is not a Hugging Face folder (no config.json) and the converter for MindSpeed-MM "
+            f"checkpoints is not available ({err})"
+        ) from err
+    return load_hf_model(path, dtype=dtype)
+
+
+def load_processor(model_path: str | os.PathLike | None = None, processor_dir: str | os.PathLike | None = None):
+    """The WhisperProcessor from ``processor_dir`` if given, else from the model folder."""
+    from transformers import WhisperProcessor
+
+    for candidate in (processor_dir, model_path):
+        if candidate is not None and _has_processor(Path(candidate)):
+            return WhisperProcessor.from_pretrained(candidate)
+    where = processor_dir or model_path
+    raise UserError(
+        f"no Whisper processor (tokenizer and feature extractor) in {where}: pass --processor DIR "
+        "(e.g. one written by `python -m whisper_k8s assets processor DIR`)"
+    )
+
+
+def _has_processor(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in ("tokenizer.json", "vocab.json")) and any(
+        (path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")
+    )
+
+
+# --- tokens -------------------------------------------------------------------------------------------------
+
+
+def special_token_id(tokenizer, token: str) -> int:
+    """The id of a Whisper special token, or a UserError naming it (unknown tokens map to <|endoftext|>)."""
+    token_id = tokenizer.get_vocab().get(token)
+    if token_id is None:
+        raise UserError(f"the processor's tokenizer has no {token} token: is it a multilingual Whisper processor?")
+    return token_id
+
+
+def language_token_ids(tokenizer) -> dict[str, int]:
+    """``{"en": 50259, "zh": 50260, ...}`` for every Whisper language token this tokenizer holds."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    vocab = tokenizer.get_vocab()
+    return {code: vocab[f"<|{code}|>"] for code in LANGUAGES if f"<|{code}|>" in vocab}
+
+
+def whisper_language(tokenizer, language: str) -> str:
+    """Map a user's language (``hi``, ``Hindi``, or a Common Voice locale such as ``zh-CN``, ``sv-SE``) to the
+    Whisper code whose token the tokenizer has."""
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    known = language_token_ids(tokenizer)
+    wanted = language.strip().lower()
+    for candidate in (wanted, wanted.split("-")[0], TO_LANGUAGE_CODE.get(wanted, "")):
+        if candidate in known:
+            return candidate
+    raise UserError(
+        f"language {language!r} has no Whisper language token: use a code such as "
+        f"{', '.join(sorted(known)[:8])}... (Common Voice locales like zh-CN map to zh)"
+    )
+
+
+def decoder_prompt_ids(tokenizer, language: str, task: str = "transcribe") -> list[int]:
+    """``<|startoftranscript|><|lang|><|task|><|notimestamps|>``: the prefix every training label carries."""
+    if task not in TASKS:
+        raise UserError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    code = whisper_language(tokenizer, language)
+    tokens = (START_TOKEN, f"<|{code}|>", f"<|{task}|>", NO_TIMESTAMPS_TOKEN)
+    return [special_token_id(tokenizer, token) for token in tokens]
+
+
+# --- decoding -----------------------------------------------------------------------------------------------
+
+
+def _features(processor, windows: Sequence[np.ndarray], model):
+    """Log-mel features padded to 30 s, on the model's device and dtype."""
+    parameter = next(model.parameters())
+    features = processor.feature_extractor(
+        list(windows), sampling_rate=SAMPLE_RATE, return_tensors="pt"
+    ).input_features
+    return features.to(device=parameter.device, dtype=parameter.dtype)
+
+
+def detect_languages(model, processor, windows: Sequence[np.ndarray]) -> list[str]:
+    """Whisper's language identification: the most likely language token after <|startoftranscript|>."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    languages = language_token_ids(tokenizer)
+    codes = list(languages)
+    ids = torch.tensor([languages[code] for code in codes])
+    features = _features(processor, windows, model)
+    start = torch.full((len(windows), 1), special_token_id(tokenizer, START_TOKEN), device=features.device)
+    with torch.inference_mode():
+        logits = model(input_features=features, decoder_input_ids=start).logits[:, -1, :]
+    best = logits[:, ids.to(logits.device)].argmax(dim=-1).tolist()
+    return [codes[i] for i in best]
+
+
+def generate_tokens(model, processor, windows: Sequence[np.ndarray], prompts: list[list[int]], *,
+                    num_beams: int = 1, max_new_tokens: int | None = None) -> list[list[int]]:
+    """Text token ids (prompt and <|endoftext|> removed) for each window, decoded from its own prompt.
+
+    Special tokens other than <|endoftext|> are suppressed, so the output is plain text. The length limit is
+    the decoder's position table (448 tokens for every Whisper size) including the prompt, or
+    ``max_new_tokens`` when smaller.
+    """
+    import torch
+    from transformers import GenerationConfig
+    from transformers.generation import GenerationMixin
+
+    tokenizer = processor.tokenizer
+    end = special_token_id(tokenizer, END_TOKEN)
+    features = _features(processor, windows, model)
+    prompt = torch.tensor(prompts, device=features.device)
+    room = model.config.max_target_positions - prompt.shape[1]
+    config = GenerationConfig(
+        max_new_tokens=min(room, max_new_tokens or room),
+        num_beams=num_beams,
+        do_sample=False,
+        eos_token_id=end,
+        pad_token_id=end,
+        decoder_start_token_id=prompts[0][0],
+        suppress_tokens=list(range(end + 1, model.config.vocab_size)),
+    )
+    with torch.inference_mode():
+        # The generic encoder-decoder loop, deliberately not Whisper's generate (see the module docstring).
+        out = GenerationMixin.generate(
+            model,
+            input_features=features,
+            attention_mask=torch.ones(features.shape[0], features.shape[-1], dtype=torch.long,
+                                      device=features.device),
+            decoder_input_ids=prompt,
+            decoder_attention_mask=torch.ones_like(prompt),
+            generation_config=config,
+        )
+    return [_strip(row, prompt.shape[1], end) for row in out.tolist()]
+
+
+def _strip(row: list[int], prompt_length: int, end: int) -> list[int]:
+    text = row[prompt_length:]
+    return text[: text.index(end)] if end in text else text
+
+
+# --- files and clips ----------------------------------------------------------------------------------------
+
+
+def transcribe_audio(model, processor, clips: Sequence[np.ndarray], *, names: Sequence[str] | None = None,
+                     language: str | None = None, batch_size: int = 8, num_beams: int = 1,
+                     task: str = "transcribe", max_new_tokens: int | None = None) -> list[Result]:
+    """Transcribe 16 kHz mono clips of any length: windows of all clips are batched together."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    tokenizer = processor.tokenizer
+    names = list(names) if names is not None else [f"clip{i}" for i in range(len(clips))]
+    windows = [split_windows(clip) for clip in clips]
+    if language is None:
+        languages = _batched(lambda b: detect_languages(model, processor, b), [w[0] for w in windows], batch_size)
+    else:
+        languages = [whisper_language(tokenizer, language)] * len(clips)
+    flat = [(i, window) for i, clip_windows in enumerate(windows) for window in clip_windows]
+    tokens = _batched(
+        lambda batch: generate_tokens(
+            model, processor, [window for _, window in batch],
+            [decoder_prompt_ids(tokenizer, languages[i], task) for i, _ in batch],
+            num_beams=num_beams, max_new_tokens=max_new_tokens,
+        ),
+        flat,
+        batch_size,
+    )
+    texts: list[list[str]] = [[] for _ in clips]
+    for (i, _), ids in zip(flat, tokens, strict=True):
+        texts[i].append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return [
+        Result(
+            path=names[i],
+            text=" ".join(t for t in texts[i] if t),
+            language=languages[i],
+            language_detected=language is None,
+            duration_s=clips[i].size / SAMPLE_RATE,
+            windows=len(windows[i]),
+        )
+        for i in range(len(clips))
+    ]
+
+
+def _batched(fn, items: list, batch_size: int) -> list:
+    out: list = []
+    for start in range(0, len(items), batch_size):
+        out.extend(fn(items[start : start + batch_size]))
+    return out
+
+
+def transcribe_files(model, processor, paths: Sequence[str | os.PathLike], language: str | None = None,
+                     batch_size: int = 8, device: str = "auto", *, num_beams: int = 1,
+                     processor_dir: str | os.PathLike | None = None, task: str = "transcribe",
+                     max_new_tokens: int | None = None) -> list[Result]:
+    """Transcribe audio files; ``model`` and ``processor`` may be loaded objects or paths.
+
+    A path model is loaded on ``device`` (a loaded model stays where it is); a None processor is read from
+    ``processor_dir`` or the model folder.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model_path = model
+        model = load_model(model_path, device)
+    else:
+        model_path = None
+    if processor is None or isinstance(processor, (str, os.PathLike)):
+        processor = load_processor(model_path, processor or processor_dir)
+    clips = [load_audio(path) for path in paths]
+    return transcribe_audio(
+        model, processor, clips, names=[os.fspath(p) for p in paths], language=language,
+        batch_size=batch_size, num_beams=num_beams, task=task, max_new_tokens=max_new_tokens,
+    )
