@@ -151,6 +151,7 @@ class JobStatus:
     problems: list[str] = field(default_factory=list)
     created: datetime | None = None
     operator: str = "pytorchjob"
+    nodes: int | None = None  # replicas the job asked for (pods may not exist yet)
 
     @property
     def handle(self) -> str:
