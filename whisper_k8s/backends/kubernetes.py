@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from whisper_k8s.backends.base import (
@@ -37,13 +35,14 @@ from whisper_k8s.backends.base import (
     Scheduler,
     make_handle,
 )
+from whisper_k8s.chart import chart_dir, helm_binary
 from whisper_k8s.errors import ClusterError, UserError
 from whisper_k8s.logs import ReplicaRef, merge_logs, parse_timestamped
+from whisper_k8s.operators import pytorchjob
 
-ROOT = Path(__file__).resolve().parents[2]
 RBAC_ROLE = "manifests/rbac/role.yaml"
 # Objects of this kit carry the chart's standard name label; `list` selects on it.
-KIT_SELECTOR = "app.kubernetes.io/name=whisper"
+KIT_SELECTOR = "app.kubernetes.io/part-of=whisper-k8s"
 # (connect, read) seconds for ordinary calls; watches and log follows use server-side timeouts instead.
 REQUEST_TIMEOUT = (5, 30)
 WATCH_SECONDS = 60
@@ -78,6 +77,9 @@ REQUIRED_PERMISSIONS: dict[tuple[str, str, str], str] = {
     ("", "persistentvolumeclaims", "patch"): "helm",
     ("", "persistentvolumeclaims", "update"): "helm",
     ("", "persistentvolumeclaims", "delete"): "helm",
+    **{(group, "podgroups", verb): "helm: the gang-scheduling PodGroup (scheduling.gang volcano/coscheduling)"
+       for group in ("scheduling.volcano.sh", "scheduling.x-k8s.io")
+       for verb in ("get", "create", "patch", "update", "delete")},
 }
 
 
@@ -87,7 +89,7 @@ class PyTorchJobOperator:
 
     name = "pytorchjob"
     group, version, plural, kind = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
-    container = "pytorch"
+    container = pytorchjob.CONTAINER
     crd = "pytorchjobs.kubeflow.org"
     install_hint = (
         "install the Kubeflow training operator (v1.9): kubectl apply --server-side "
@@ -98,13 +100,13 @@ class PyTorchJobOperator:
                "Restarting": JobState.RUNNING, "Running": JobState.RUNNING, "Created": JobState.PENDING}
 
     def pod_selector(self, job: str) -> str:
-        return f"training.kubeflow.org/job-name={job}"
+        return f"{pytorchjob.JOB_NAME_LABEL}={job}"
 
     def role_rank(self, pod: dict[str, Any]) -> tuple[str, int]:
         """Master is node rank 0; worker index i is node rank i + 1 (the operator's RANK/PET_NODE_RANK)."""
         labels = pod.get("metadata", {}).get("labels", {})
-        role = labels.get("training.kubeflow.org/replica-type", "unknown").lower()
-        index = int(labels.get("training.kubeflow.org/replica-index", "0"))
+        role = labels.get(pytorchjob.REPLICA_TYPE_LABEL, "unknown").lower()
+        index = int(labels.get(pytorchjob.REPLICA_INDEX_LABEL, "0"))
         return role, index + 1 if role == "worker" else index
 
     def state(self, conditions: list[JobCondition]) -> str:
@@ -151,14 +153,6 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
         raise_on_status=False,
     )
     return client.ApiClient(configuration)
-
-
-def helm_binary() -> str:
-    """The helm binary on PATH, else the pinned one `make setup` installs into .tools/bin."""
-    found = shutil.which("helm") or str(ROOT / ".tools" / "bin" / "helm")
-    if not Path(found).exists():
-        raise ClusterError("helm is not installed: run `make setup` or install Helm v3.13+/v4 on PATH")
-    return found
 
 
 def _api_message(body: Any) -> str:
@@ -330,7 +324,7 @@ class KubernetesScheduler(Scheduler):
 
     def helm_install_args(self, request: AppRequest) -> list[str]:
         """``helm upgrade --install`` for the request; the values come from the kept values file."""
-        chart = request.chart or ROOT / "helm"
+        chart = request.chart or chart_dir()
         args = [self._helm or "helm", "upgrade", "--install", request.name, str(chart),
                 "--namespace", request.namespace]
         if request.values_file:
