@@ -22,19 +22,37 @@ from typing import Any
 
 from whisper_k8s.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART_DIR = ROOT / "helm"
 
-# submit flag (argparse dest) -> chart values key. The one place that ties the CLI to the chart's layout.
-FLAG_VALUES: dict[str, str] = {
-    "nodes": "nodes",
-    "npus_per_node": "accelerator.perNode",
-    "accelerator": "accelerator.type",
-    "image": "image",
-    "dataset": "storage.dataset",
-    "pretrained": "pretrained",
-    "language": "data.language",
-    "operator": "operator",
+def _image_values(image: str) -> dict[str, Any]:
+    """``registry:5000/repo:tag`` -> repository + tag (a colon before the last ``/`` is a registry port)."""
+    repository, colon, tag = image.rpartition(":")
+    if not colon or "/" in tag:
+        return {"image.repository": image}
+    return {"image.repository": repository, "image.tag": tag}
+
+
+def _dataset_values(dataset: str) -> dict[str, Any]:
+    """An absolute path is a hostPath (single-node labs); anything else names an existing claim."""
+    if dataset.startswith("/"):
+        return {"storage.dataset.type": "hostPath", "storage.dataset.hostPath": dataset}
+    return {"storage.dataset.type": "existingClaim", "storage.dataset.existingClaim": dataset}
+
+
+def _pretrained_values(folder: str) -> dict[str, Any]:
+    return {"model.pretrained.enabled": True, "model.pretrained.path": folder}
+
+
+# submit flag (argparse dest) -> chart values it stands for. The one place tying the CLI to the chart's layout.
+FLAG_VALUES: dict[str, Any] = {
+    "nodes": lambda v: {"nodes": v},
+    "npus_per_node": lambda v: {"accelerator.perNode": v},
+    "accelerator": lambda v: {"accelerator.type": v},
+    "image": _image_values,
+    "dataset": _dataset_values,
+    "pretrained": _pretrained_values,
+    "language": lambda v: {"data.language": v},
+    "preset": lambda v: {"model.preset": v},
+    "operator": lambda v: {"operator": v},
 }
 
 Key = list[str | int]
@@ -202,9 +220,10 @@ def load_values_file(path: Path | str) -> dict[str, Any]:
 def flag_values(flags: Mapping[str, Any]) -> dict[str, Any]:
     """The values the named submit flags stand for (flags left at None are not set)."""
     values: dict[str, Any] = {}
-    for dest, key in FLAG_VALUES.items():
+    for dest, to_values in FLAG_VALUES.items():
         if flags.get(dest) is not None:
-            set_path(values, parse_key(key, key), flags[dest])
+            for key, value in to_values(flags[dest]).items():
+                set_path(values, parse_key(key, key), value)
     return values
 
 
@@ -229,39 +248,15 @@ def build_values(
 
 
 # --------------------------------------------------------------------------------------- validation
-def chart_defaults(chart_dir: Path = CHART_DIR) -> dict[str, Any]:
-    defaults = chart_dir / "values.yaml"
-    return load_values_file(defaults) if defaults.exists() else {}
+def validate(values: Mapping[str, Any]) -> None:
+    """Check the user's values (over the chart defaults) against the chart's values.schema.json.
 
-
-def validate(values: Mapping[str, Any], chart_dir: Path = CHART_DIR) -> dict[str, Any]:
-    """Check the user's values (over the chart defaults) against the chart's schema; return the merge.
-
-    Uses whisper_k8s.chart.validate_values when the chart module provides it, so the CLI and the chart
-    tests share one validator; otherwise validates against ``helm/values.schema.json`` directly.
+    Delegates to whisper_k8s.chart.validate_values so that the CLI, the backends and the chart tests share
+    one validator; the UserError names every bad field.
     """
-    merged = deep_merge(chart_defaults(chart_dir), values)
-    try:
-        from whisper_k8s.chart import validate_values
-    except ImportError:
-        _validate_with_schema_file(merged, chart_dir / "values.schema.json")
-    else:
-        validate_values(merged)
-    return merged
+    from whisper_k8s.chart import validate_values
 
-
-def _validate_with_schema_file(merged: Mapping[str, Any], schema_file: Path) -> None:
-    import json
-
-    import jsonschema
-
-    if not schema_file.exists():
-        return
-    schema = json.loads(schema_file.read_text(encoding="utf-8"))
-    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
-    if errors:
-        problems = "; ".join(f"{'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors)
-        raise UserError(f"chart values do not match {schema_file.name}: {problems}")
+    validate_values(dict(values))
 
 
 # ------------------------------------------------------------------------------------------ writing
