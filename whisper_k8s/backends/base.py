@@ -44,11 +44,24 @@ class JobState:
 
 
 def yaml_documents(documents: list[dict[str, Any]]) -> str:
-    """Render Kubernetes documents the way `helm template` and `kubectl apply -f` read them."""
+    """Render Kubernetes documents the way `helm template` and `kubectl apply -f` read them.
+
+    Multi-line strings (model.json in the ConfigMap, shell scripts) are written as ``|`` blocks so that the
+    dry run stays readable.
+    """
     import yaml
 
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+        style = "|" if "\n" in text else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+    _Dumper.add_representer(str, _str)
     return "".join(
-        "---\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False) for doc in documents
+        "---\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
+        for doc in documents
     )
 
 

@@ -1,0 +1,31 @@
+"""`status`: a job's state and conditions, and a table of its pods with what is wrong with them."""
+
+from __future__ import annotations
+
+import argparse
+
+from whisper_k8s.cli import _jobs
+
+NAME = "status"
+HELP = "show a job's conditions and its pods (role, node rank, phase, restarts, node, age, reason)"
+ORDER = 20
+EXAMPLES = """
+  python -m whisper_k8s status whisper-hi
+  python -m whisper_k8s status whisper-hi -n team-a --context prod
+  python -m whisper_k8s status demo --local
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _jobs.add_job_name(parser)
+    _jobs.add_backend_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from whisper_k8s.errors import UserError
+
+    status = _jobs.scheduler(args).describe(args.name)
+    if status is None:
+        raise UserError(f"no job {args.name} in namespace {args.namespace} (see `python -m whisper_k8s list`)")
+    print(status)
+    return 0

@@ -1,0 +1,71 @@
+"""`submit`: build the chart values, validate them, keep them, render the chart and start the job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+
+from whisper_k8s.cli import _jobs
+
+NAME = "submit"
+HELP = "start (or upgrade) a Whisper pretraining job from chart values, flags and --set"
+ORDER = 10
+EXAMPLES = """
+  python -m whisper_k8s submit --name whisper-hi --nodes 2 --npus-per-node 8 --language hi \\
+      --image registry.example.com/whisper-k8s:0.1.0 --dataset common-voice-pvc
+  python -m whisper_k8s submit --name demo --local --nodes 2 --accelerator cpu -f examples/tiny.yaml --follow
+  python -m whisper_k8s submit --name whisper-hi -f runs/whisper-hi/values.yaml --set training.trainIters=600
+  python -m whisper_k8s submit --name whisper-hi --nodes 16 --dry-run | kubectl apply --dry-run=server -f -
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", type=_jobs.job_name, help="job/release name (default: whisper-<UTC time>)")
+    parser.add_argument("--nodes", type=int, help="number of nodes (pods); 1 master + nodes-1 workers")
+    parser.add_argument("--npus-per-node", type=int, help="accelerators (processes) per node")
+    parser.add_argument("--accelerator", choices=("ascend", "nvidia", "cpu"), help="device type of the nodes")
+    parser.add_argument("--image", help="training image, e.g. registry:5000/whisper-k8s:0.1.0")
+    parser.add_argument("--dataset", help="Common Voice 11 root: an existing PVC name, or an absolute host path")
+    parser.add_argument("--pretrained", help="pretrained HF model folder under /models to start from")
+    parser.add_argument("--preset", help="model preset (helm/files/model-presets): large-v3, tiny")
+    parser.add_argument("--language", help="Common Voice locale(s), e.g. hi or hi,en")
+    parser.add_argument("--operator", choices=("pytorchjob", "trainjob"), help="training operator kind")
+    parser.add_argument("-f", "--values", dest="values_files", action="append", default=[], metavar="FILE",
+                        help="chart values file (repeatable; later files win)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a chart value, Helm syntax: a.b=1, list[0]=x, a={x,y} (repeatable)")
+    parser.add_argument("--set-string", dest="set_strings", action="append", default=[], metavar="KEY=VALUE",
+                        help="like --set but the value is always a string")
+    parser.add_argument("--values-out", metavar="FILE",
+                        help="where to keep the values (default: runs/<name>/values.yaml)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the rendered manifests (what would be applied) and start nothing")
+    parser.add_argument("--follow", action="store_true", help="stream the merged logs until the job ends")
+    _jobs.add_backend_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from whisper_k8s import chart, values
+    from whisper_k8s.backends import AppRequest
+    from whisper_k8s.cli.logs import stream
+
+    name = args.name or datetime.now(timezone.utc).strftime("whisper-%Y%m%d-%H%M%S")
+    user_values = values.build_values(args.values_files, vars(args), args.sets, args.set_strings)
+    user_values.setdefault("fullnameOverride", name)  # the job is named like the release
+    values.validate(user_values)
+    documents = chart.render(user_values, name, args.namespace)
+    values_file = values.write_values(user_values, args.values_out or values.default_values_path(name))
+    request = AppRequest(name=name, namespace=args.namespace, values=user_values, documents=documents,
+                         operator=user_values.get("operator", "pytorchjob"), values_file=values_file)
+    scheduler = _jobs.scheduler(args)
+    if args.dry_run:
+        print(scheduler.dryrun(request), end="")
+        return 0
+    handle = scheduler.submit(request)
+    print(f"submitted {handle} (values kept in {values_file})", file=sys.stderr)
+    if not args.follow:
+        print(f"next: python -m whisper_k8s logs {name} -f   |   python -m whisper_k8s status {name}",
+              file=sys.stderr)
+        return 0
+    return stream(scheduler, name, follow=True, wait=True)
