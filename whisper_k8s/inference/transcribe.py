@@ -12,6 +12,7 @@ first window, arg-max over the language tokens.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -27,10 +28,6 @@ from whisper_k8s.inference.audio import SAMPLE_RATE, load_audio, split_windows
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "npu", "cuda", "cpu")
-TASKS = ("transcribe", "translate")
-START_TOKEN = "<|startoftranscript|>"
-NO_TIMESTAMPS_TOKEN = "<|notimestamps|>"
-END_TOKEN = "<|endoftext|>"
 
 
 @dataclass
@@ -136,47 +133,56 @@ def _has_processor(path: Path) -> bool:
 
 
 # --- tokens -------------------------------------------------------------------------------------------------
+# The decoder prompt is derived from the trainer's label encoder (whisper_trainer.data.labels), the one
+# definition of what follows <|startoftranscript|>, so inference continues exactly what training taught.
 
 
-def special_token_id(tokenizer, token: str) -> int:
-    """The id of a Whisper special token, or a UserError naming it (unknown tokens map to <|endoftext|>)."""
-    token_id = tokenizer.get_vocab().get(token)
-    if token_id is None:
-        raise UserError(f"the processor's tokenizer has no {token} token: is it a multilingual Whisper processor?")
-    return token_id
+def processor_folder(processor) -> str:
+    """The folder a processor was loaded from (the label encoder reads its tokenizer.json)."""
+    folder = getattr(processor.tokenizer, "name_or_path", "") or ""
+    if not (Path(folder) / "tokenizer.json").is_file():
+        raise UserError(
+            f"the processor was not loaded from a folder with tokenizer.json ({folder!r}): save it with "
+            "save_pretrained(DIR) and load it with whisper_k8s.inference.transcribe.load_processor"
+        )
+    return folder
 
 
-def language_token_ids(tokenizer) -> dict[str, int]:
-    """``{"en": 50259, "zh": 50260, ...}`` for every Whisper language token this tokenizer holds."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+@functools.lru_cache(maxsize=8)
+def _label_encoder(folder: str, task: str):
+    from whisper_trainer.data.labels import LabelEncoder
 
-    vocab = tokenizer.get_vocab()
-    return {code: vocab[f"<|{code}|>"] for code in LANGUAGES if f"<|{code}|>" in vocab}
+    return LabelEncoder(folder, task=task)
 
 
-def whisper_language(tokenizer, language: str) -> str:
-    """Map a user's language (``hi``, ``Hindi``, or a Common Voice locale such as ``zh-CN``, ``sv-SE``) to the
-    Whisper code whose token the tokenizer has."""
+def label_encoder(processor, task: str = "transcribe"):
+    """The trainer's LabelEncoder for this processor and task (cached: it parses tokenizer.json)."""
+    return _label_encoder(processor_folder(processor), task)
+
+
+def whisper_language(encoder, language: str) -> str:
+    """A Whisper language code from a code (``hi``), a name (``Hindi``) or a Common Voice locale (``zh-CN``).
+
+    Locales map the way training labels map them (the trainer's ``LabelEncoder.language_id``).
+    """
     from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
-    known = language_token_ids(tokenizer)
-    wanted = language.strip().lower()
-    for candidate in (wanted, wanted.split("-")[0], TO_LANGUAGE_CODE.get(wanted, "")):
-        if candidate in known:
-            return candidate
-    raise UserError(
-        f"language {language!r} has no Whisper language token: use a code such as "
-        f"{', '.join(sorted(known)[:8])}... (Common Voice locales like zh-CN map to zh)"
-    )
+    wanted = TO_LANGUAGE_CODE.get(language.strip().lower(), language.strip())
+    try:
+        token_id = encoder.language_id(wanted)
+    except UserError:
+        raise UserError(
+            f"--language {language!r} has no Whisper language token: use a code such as en, hi, zh "
+            f"(one of {len(encoder.language_ids)} this processor knows) or a Common Voice locale such as zh-CN"
+        ) from None
+    return next(code for code, code_id in encoder.language_ids.items() if code_id == token_id)
 
 
-def decoder_prompt_ids(tokenizer, language: str, task: str = "transcribe") -> list[int]:
-    """``<|startoftranscript|><|lang|><|task|><|notimestamps|>``: the prefix every training label carries."""
-    if task not in TASKS:
-        raise UserError(f"task {task!r} is not one of {', '.join(TASKS)}")
-    code = whisper_language(tokenizer, language)
-    tokens = (START_TOKEN, f"<|{code}|>", f"<|{task}|>", NO_TIMESTAMPS_TOKEN)
-    return [special_token_id(tokenizer, token) for token in tokens]
+def decoder_prompt_ids(encoder, code: str) -> list[int]:
+    """``<|startoftranscript|>`` followed by what every label holds before its text, for language ``code``:
+    ``<|lang|><|task|><|notimestamps|>`` under the current label convention."""
+    prefix = encoder.encode("", encoder.language_ids[code])
+    return [encoder.start_id, *prefix[: -1 if prefix[-1] == encoder.end_id else None]]
 
 
 # --- decoding -----------------------------------------------------------------------------------------------
@@ -195,16 +201,14 @@ def detect_languages(model, processor, windows: Sequence[np.ndarray]) -> list[st
     """Whisper's language identification: the most likely language token after <|startoftranscript|>."""
     import torch
 
-    tokenizer = processor.tokenizer
-    languages = language_token_ids(tokenizer)
-    codes = list(languages)
-    ids = torch.tensor([languages[code] for code in codes])
+    encoder = label_encoder(processor)
+    codes = list(encoder.language_ids)
     features = _features(processor, windows, model)
-    start = torch.full((len(windows), 1), special_token_id(tokenizer, START_TOKEN), device=features.device)
+    ids = torch.tensor([encoder.language_ids[code] for code in codes], device=features.device)
+    start = torch.full((len(windows), 1), encoder.start_id, device=features.device)
     with torch.inference_mode():
         logits = model(input_features=features, decoder_input_ids=start).logits[:, -1, :]
-    best = logits[:, ids.to(logits.device)].argmax(dim=-1).tolist()
-    return [codes[i] for i in best]
+    return [codes[i] for i in logits[:, ids].argmax(dim=-1).tolist()]
 
 
 def generate_tokens(model, processor, windows: Sequence[np.ndarray], prompts: list[list[int]], *,
@@ -219,8 +223,7 @@ def generate_tokens(model, processor, windows: Sequence[np.ndarray], prompts: li
     from transformers import GenerationConfig
     from transformers.generation import GenerationMixin
 
-    tokenizer = processor.tokenizer
-    end = special_token_id(tokenizer, END_TOKEN)
+    end = label_encoder(processor).end_id
     features = _features(processor, windows, model)
     prompt = torch.tensor(prompts, device=features.device)
     room = model.config.max_target_positions - prompt.shape[1]
@@ -262,17 +265,18 @@ def transcribe_audio(model, processor, clips: Sequence[np.ndarray], *, names: Se
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     tokenizer = processor.tokenizer
+    encoder = label_encoder(processor, task)
     names = list(names) if names is not None else [f"clip{i}" for i in range(len(clips))]
     windows = [split_windows(clip) for clip in clips]
     if language is None:
         languages = _batched(lambda b: detect_languages(model, processor, b), [w[0] for w in windows], batch_size)
     else:
-        languages = [whisper_language(tokenizer, language)] * len(clips)
+        languages = [whisper_language(encoder, language)] * len(clips)
     flat = [(i, window) for i, clip_windows in enumerate(windows) for window in clip_windows]
     tokens = _batched(
         lambda batch: generate_tokens(
             model, processor, [window for _, window in batch],
-            [decoder_prompt_ids(tokenizer, languages[i], task) for i, _ in batch],
+            [decoder_prompt_ids(encoder, languages[i]) for i, _ in batch],
             num_beams=num_beams, max_new_tokens=max_new_tokens,
         ),
         flat,
