@@ -17,7 +17,7 @@ import argparse
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -182,18 +182,50 @@ def load_file(path: str | os.PathLike, *, mmap: bool = True) -> dict:
         raise UserError(f"{path}: could not be read ({err})") from err
 
 
-def save_file(obj: dict, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file beside ``path``, fsync, then rename: a reader never sees half a file."""
+class _ReportingWriter:
+    """A binary file wrapper that reports each write's size (torch.save streams storages through it)."""
+
+    def __init__(self, file, on_write: Callable[[int], None]):
+        self._file = file
+        self._on_write = on_write
+
+    def write(self, data) -> int:
+        written = self._file.write(data)
+        self._on_write(memoryview(data).nbytes)
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+def save_file(
+    obj: dict,
+    path: str | os.PathLike,
+    *,
+    on_write: Callable[[int], None] | None = None,
+    before_rename: Callable[[Path], None] | None = None,
+) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsync, then rename: a reader never sees half a file.
+
+    ``on_write(nbytes)`` is called as torch.save writes (progress bars, releasing memory-mapped sources);
+    ``before_rename(tmp)`` runs on the finished temp file just before it is renamed into place.
+    """
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, _ReportingWriter(f, on_write) if on_write else f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_rename:
+            before_rename(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
