@@ -82,7 +82,9 @@ def _describe(error) -> str:
 
 def schema_errors(values: dict) -> list[str]:
     """Every schema violation of ``values`` merged over the chart defaults, as 'field: problem' lines."""
-    merged = merge_values(default_values(), values)
+    from whisper_k8s.values import deep_merge
+
+    merged = deep_merge(default_values(), values)
     errors = sorted(_schema_validator().iter_errors(merged), key=lambda e: list(map(str, e.absolute_path)))
     return [_describe(e) for e in errors]
 
@@ -104,17 +106,6 @@ def default_values() -> dict:
     import yaml
 
     return yaml.safe_load(_default_values_text())
-
-
-def merge_values(base: dict, override: dict) -> dict:
-    """Helm's coalescing: nested dicts merge, everything else (lists included) replaces; None keeps null."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_values(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def render(values: dict, release: str, namespace: str = "default") -> list[dict]:

@@ -101,6 +101,9 @@ exec "$@"
 - --use-distributed-optimizer
 - --overlap-grad-reduce
 - --overlap-param-gather
+{{- range .Values.mindspeedMM.extraArgs }}
+- {{ . | quote }}
+{{- end }}
 {{- end }}
 {{- range $t.extraArgs }}
 - {{ . | quote }}
@@ -124,7 +127,8 @@ exec "$@"
 {{- if eq .Values.accelerator.type "ascend" }}
 {{- range $name, $value := omit .Values.ascendEnv "TOKENIZERS_PARALLELISM" }}
 - name: {{ $name }}
-  value: {{ $value | toString | quote }}
+  {{- /* YAML numbers arrive as float64: print integers as integers (10000000, not 1e+07). */}}
+  value: {{ ternary (int64 $value | toString) (toString $value) (kindIs "float64" $value) | quote }}
 {{- end }}
 - name: NPUS_PER_NODE
   value: {{ include "whisper.perNode" . | quote }}
@@ -257,11 +261,15 @@ limits:
   {{- end }}
 {{- end }}
 
-{{/* Init containers: the offline processor (when none is given) and the idempotent HF -> MindSpeed-MM conversion. */}}
+{{/*
+Init containers, run in every pod (the TrainJob variant has one template for all nodes): the offline processor
+when none is given (`assets processor` is idempotent and writes atomically), and the HF -> MindSpeed-MM
+conversion of the pretrained weights, skipped when the converted file is already there.
+*/}}
 {{- define "whisper.initContainers" -}}
 {{- $steps := list }}
 {{- if not .Values.data.processor }}
-{{- $steps = append $steps (dict "name" "processor" "script" "test -f /outputs/processor/preprocessor_config.json || python -m whisper_k8s assets processor --out /outputs/processor") }}
+{{- $steps = append $steps (dict "name" "processor" "script" "python -m whisper_k8s assets processor --out /outputs/processor") }}
 {{- end }}
 {{- if .Values.model.pretrained.enabled }}
 {{- $src := printf "/models/%s" (trimSuffix "/" .Values.model.pretrained.path) }}
