@@ -52,12 +52,10 @@ WATCH_SECONDS = 60
 REQUIRED_PERMISSIONS: dict[tuple[str, str, str], str] = {
     ("kubeflow.org", "pytorchjobs", "get"): "status, delete verification, re-submit check",
     ("kubeflow.org", "pytorchjobs", "list"): "list jobs of this kit",
-    ("kubeflow.org", "pytorchjobs", "watch"): "logs --follow notices the job ending",
     ("kubeflow.org", "pytorchjobs", "create"): "helm: install the PyTorchJob",
     ("kubeflow.org", "pytorchjobs", "patch"): "helm: server-side apply on upgrade",
     ("kubeflow.org", "pytorchjobs", "update"): "helm: upgrade",
     ("kubeflow.org", "pytorchjobs", "delete"): "delete (helm uninstall, or directly when not helm-managed)",
-    ("", "pods", "get"): "status: one pod",
     ("", "pods", "list"): "status/logs: the job's pods by label",
     ("", "pods", "watch"): "logs --follow: restarts and new pods",
     ("", "pods/log", "get"): "logs",
@@ -329,11 +327,7 @@ class KubernetesScheduler(Scheduler):
                 "--namespace", request.namespace]
         if request.values_file:
             args += ["--values", str(request.values_file)]
-        if self.kubeconfig:
-            args += ["--kubeconfig", self.kubeconfig]
-        if self.context:
-            args += ["--kube-context", self.context]
-        return args
+        return args + self._helm_cluster_flags()
 
     def schedule(self, info: DryRunInfo) -> str:
         request = info.request
@@ -367,8 +361,8 @@ class KubernetesScheduler(Scheduler):
         if "exists and cannot be imported" in stderr or "already exists" in stderr:
             raise UserError(f"{stderr}. An object of job {name} exists outside this release: "
                             f"`python -m whisper_k8s delete {name}` or choose another --name")
-        if "release: not found" in stderr:
-            raise UserError(f"no release {name} in namespace {self.namespace}")
+        if "release: not found" in stderr or "Release not loaded" in stderr:
+            raise UserError(f"no release {name} in namespace {self.namespace}: not found")
         raise ClusterError(f"`{shlex.join(args[:4])} ...` failed: {stderr}")
 
     @staticmethod
@@ -455,18 +449,36 @@ class KubernetesScheduler(Scheduler):
         return sorted((self._job_status(operator, job) for job in jobs), key=lambda s: s.name)
 
     def cancel(self, name: str, operator_name: str = "pytorchjob", timeout: float = 120.0) -> None:
-        """helm uninstall (or a direct delete of a job applied without helm), then wait until it is gone."""
+        """helm uninstall; a job applied without helm (manifests/) is deleted directly; then verify it is gone."""
         operator = self._operator(operator_name)
-        if self._get_job(operator, name) is None and not self._release_exists(name):
+        uninstalled = self._helm_uninstall(name)
+        if not uninstalled and self._get_job(operator, name) is None:
             raise UserError(f"no job {name} in namespace {self.namespace} (see `python -m whisper_k8s list`)")
-        if self._release_exists(name):
+        self.delete_job(operator, name, timeout)
+
+    def _helm_uninstall(self, name: str) -> bool:
+        """Uninstall the release; False when helm has no release of that name."""
+        try:
             self._run_helm([self._helm or helm_binary(), "uninstall", name, "--namespace", self.namespace,
                             *self._helm_cluster_flags()], name)
+        except UserError as err:
+            if "not found" in str(err):
+                return False
+            raise
+        return True
+
+    def delete_job(self, operator: PyTorchJobOperator, name: str, timeout: float = 120.0) -> None:
+        """Delete the job object if it is still there (its pods go with it) and wait until GET says 404."""
+        from kubernetes.client.exceptions import ApiException
+
         if self._get_job(operator, name) is not None:
-            self._call(_Access(operator.group, operator.plural, "delete", name),
-                       self._custom().delete_namespaced_custom_object, operator.group, operator.version,
-                       self.namespace, operator.plural, name, propagation_policy="Foreground",
-                       _preload_content=False)
+            try:
+                self._custom().delete_namespaced_custom_object(
+                    operator.group, operator.version, self.namespace, operator.plural, name,
+                    propagation_policy="Foreground", _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as err:
+                if err.status != 404:  # already gone between our GET and DELETE: fine
+                    raise self._explain(err, _Access(operator.group, operator.plural, "delete", name)) from None
         deadline = time.monotonic() + timeout
         while self._get_job(operator, name) is not None:
             if time.monotonic() > deadline:
@@ -477,12 +489,6 @@ class KubernetesScheduler(Scheduler):
     def _helm_cluster_flags(self) -> list[str]:
         flags = ["--kubeconfig", self.kubeconfig] if self.kubeconfig else []
         return flags + (["--kube-context", self.context] if self.context else [])
-
-    def _release_exists(self, name: str) -> bool:
-        """Whether helm has a release record (a Secret labelled owner=helm,name=<release>)."""
-        response = self._call(_Access("", "secrets", "list"), self._core().list_namespaced_secret,
-                              self.namespace, label_selector=f"owner=helm,name={name}", _preload_content=False)
-        return bool(_load(response).get("items"))
 
     # -- logs
     def log_iter(self, name: str, *, follow: bool = False, since: float | None = None,

@@ -1,0 +1,217 @@
+"""The Kubernetes backend against recorded API responses (faked at urllib3, so the real client runs) and the
+real helm binary (template mode and an unreachable cluster)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+from k8s_fake import FakeApiServer
+
+from whisper_k8s import chart
+from whisper_k8s.backends import AppRequest, JobState, get_scheduler
+from whisper_k8s.backends.kubernetes import KubernetesScheduler, PyTorchJobOperator
+from whisper_k8s.errors import ClusterError, UserError
+
+JOBS = "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs"
+PODS = "/api/v1/namespaces/default/pods"
+EVENTS = "/api/v1/namespaces/default/events"
+DISCOVERY = "/apis/kubeflow.org/v1"
+
+# The pods of section 5 belong to job whisper-train; its recorded body is the create answer.
+TRAIN_JOB = {("GET", f"{JOBS}/whisper-train"): "pods_owner_pytorchjob_create_201",
+             ("GET", PODS): "pods_list_by_label_selector_200",
+             ("GET", f"{EVENTS}?fieldSelector=involvedObject.name=whisper-train-worker-0"):
+                 "events_list_pending_pod_200"}
+
+
+def scheduler(routes, namespace="default", **kwargs):
+    fake = FakeApiServer(routes)
+    return KubernetesScheduler(namespace, api_client=fake.client(), poll_seconds=0.01, **kwargs), fake
+
+
+def test_factory_builds_the_kubernetes_backend_without_touching_a_cluster():
+    backend = get_scheduler("kubernetes", namespace="team-a", kubeconfig="/nonexistent")
+    assert isinstance(backend, KubernetesScheduler) and backend.namespace == "team-a"
+    with pytest.raises(UserError, match="unknown backend 'nomad'"):
+        get_scheduler("nomad")
+
+
+def test_status_explains_a_pod_pending_for_lack_of_ascend_npus():
+    backend, fake = scheduler(TRAIN_JOB)
+    status = backend.describe("whisper-train")
+
+    assert [(p.role, p.rank, p.phase, p.node) for p in status.pods] == [
+        ("master", 0, "Running", "hollow-node-0"), ("worker", 1, "Pending", "")]
+    worker = status.pods[1]
+    assert worker.reason == "FailedScheduling"
+    assert "1 Insufficient huawei.com/Ascend910" in worker.message
+    text = str(status)
+    assert "worker-1 cannot be scheduled: no node has enough free huawei.com/Ascend910" in text
+    assert "whisper-train-worker-0  worker  1     Pending" in text
+    # one GET of the job, one namespaced pod list by the operator's label, events only for the pending pod
+    assert fake.requests == [
+        ("GET", f"{JOBS}/whisper-train", {}),
+        ("GET", PODS, {"labelSelector": "training.kubeflow.org/job-name=whisper-train"}),
+        ("GET", EVENTS, {"fieldSelector": "involvedObject.name=whisper-train-worker-0"}),
+    ]
+
+
+def test_status_shows_conditions_and_the_final_state():
+    backend, _ = scheduler({("GET", f"{JOBS}/whisper-ft"): "pytorchjob_get_with_conditions_200",
+                            ("GET", PODS): "pods_list_by_label_selector_after_deletes_200"})
+    status = backend.describe("whisper-ft")
+    assert status.state == JobState.SUCCEEDED and status.nodes == 2
+    assert [(c.type, c.status, c.reason) for c in status.conditions] == [
+        ("Created", "True", "PyTorchJobCreated"), ("Running", "False", "PyTorchJobRunning"),
+        ("Succeeded", "True", "PyTorchJobSucceeded")]
+    assert "PyTorchJob default/whisper-ft successfully completed." in str(status)
+    assert "no pods yet" in str(status)
+
+
+def test_a_missing_job_is_none_and_a_missing_crd_names_what_to_install():
+    backend, _ = scheduler({("GET", f"{JOBS}/whisper-ft"): "pytorchjob_get_after_delete_404"})
+    assert backend.describe("whisper-ft") is None
+
+    backend, _ = scheduler({("GET", f"{JOBS}/whisper-ft"): "discovery_get_apis_kubeflow.org_v1_without_crd_404"})
+    with pytest.raises(ClusterError, match="CRD not installed.*training operator.*--server-side"):
+        backend.describe("whisper-ft")
+
+
+def test_discovery_finds_or_misses_the_pytorchjob_crd():
+    backend, fake = scheduler({("GET", DISCOVERY): "discovery_get_apis_kubeflow.org_v1_200"})
+    assert backend.require_operator("pytorchjob").kind == "PyTorchJob"
+    assert fake.requests == [("GET", DISCOVERY, {})]
+
+    backend, _ = scheduler({("GET", DISCOVERY): "discovery_get_apis_kubeflow.org_v1_without_crd_404"})
+    with pytest.raises(ClusterError) as err:
+        backend.require_operator("pytorchjob")
+    assert "pytorchjobs.kubeflow.org) is not installed" in str(err.value)
+    assert "kubectl apply --server-side" in str(err.value)
+
+
+def test_api_errors_name_the_verb_resource_and_fix():
+    operator = PyTorchJobOperator()
+    cases = {
+        "rbac_sa_create_pytorchjob_in_default_403":
+            r"forbidden \(403\): you may not create pytorchjobs.kubeflow.org in namespace default: .*"
+            r"cannot create resource.*manifests/rbac/role.yaml",
+        "pytorchjob_create_already_exists_409":
+            r"whisper-ft already exists in namespace default: submit again .* to upgrade it, or "
+            r"`python -m whisper_k8s delete whisper-ft`",
+        "pytorchjob_create_replicas_string_422": r"refused create .*Invalid value: \"string\"",
+        "pytorchjob_create_without_crd_404": r"CRD not installed.*training operator",
+    }
+    from whisper_k8s.backends.kubernetes import _Access
+
+    for fixture, expected in cases.items():
+        backend, _ = scheduler({("POST", JOBS): fixture})
+        with pytest.raises((UserError, ClusterError), match=expected):
+            backend._call(_Access(operator.group, operator.plural, "create", "whisper-ft"),
+                          backend._custom().create_namespaced_custom_object, operator.group,
+                          operator.version, "default", operator.plural, {"metadata": {"name": "whisper-ft"}})
+
+
+def test_bad_credentials_say_so_and_list_selects_this_kit():
+    backend, _ = scheduler({("GET", "/apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs"): "auth_bad_token_401"},
+                           namespace="team-a")
+    with pytest.raises(ClusterError, match=r"401 Unauthorized\) for list pytorchjobs.*kubeconfig"):
+        backend.list()
+
+    backend, fake = scheduler({("GET", JOBS): "pytorchjob_list_200"})
+    jobs = backend.list()
+    assert [(j.name, j.nodes) for j in jobs] == [("whisper-ft", 2)]
+    assert fake.requests == [("GET", JOBS, {"labelSelector": "app.kubernetes.io/part-of=whisper-k8s"})]
+
+
+def test_logs_request_the_trainer_container_with_timestamps_and_report_unreadable_logs():
+    backend, fake = scheduler({
+        **TRAIN_JOB,
+        ("GET", f"{PODS}/whisper-train-master-0/log"): "pod_log_running_pod",
+        ("GET", f"{PODS}/whisper-train-worker-0/log"): "pod_log_pending_pod",
+    })
+    lines = list(backend.log_iter("whisper-train"))
+    # the worker has no node yet, so its log is not requested; the master's kubelet was unreachable (500)
+    assert len(lines) == 1 and lines[0].startswith("[master-0] (no log: ")
+    assert "no such host" in lines[0]
+    log_requests = [r for r in fake.requests if r[1].endswith("/log")]
+    assert log_requests == [("GET", f"{PODS}/whisper-train-master-0/log",
+                             {"container": "pytorch", "timestamps": "true"})]
+    assert list(backend.log_iter("whisper-train", role="worker")) == []
+
+
+def test_follow_watches_pods_until_the_job_is_gone():
+    backend, fake = scheduler({
+        ("GET", f"{JOBS}/whisper-train"): ["pods_owner_pytorchjob_create_201", "pods_owner_pytorchjob_create_201",
+                                          "pytorchjob_get_after_delete_404"],
+        ("GET", PODS): "pods_list_by_label_selector_200",
+        ("GET", f"{PODS}?watch=true"): "pods_watch_label_selector_with_deletes.jsonl",
+        ("GET", f"{PODS}/whisper-train-master-0/log"): "pod_log_running_pod",
+    })
+    lines = list(backend.log_iter("whisper-train", follow=True))
+    # the master's log is opened once, although the watch reported it modified four times
+    assert len(lines) == 1 and lines[0].startswith("[master-0] (no log:")
+    # the first watch ended (server timeout) while the job still existed: re-list, watch again; then it was gone
+    watch = [r[2] for r in fake.requests if r[2].get("watch")]
+    assert watch == 2 * [{"labelSelector": "training.kubeflow.org/job-name=whisper-train",
+                          "resourceVersion": "353", "timeoutSeconds": "60", "watch": "true"}]
+    follow = [r for r in fake.requests if r[1].endswith("/log")]
+    assert follow[0][2] == {"container": "pytorch", "follow": "true", "timestamps": "true"}
+
+
+def test_delete_of_a_job_without_release_deletes_it_and_verifies():
+    backend, fake = scheduler({
+        ("GET", f"{JOBS}/whisper-ft"): ["pytorchjob_get_200", "pytorchjob_get_after_delete_404"],
+        ("DELETE", f"{JOBS}/whisper-ft"): "pytorchjob_delete_200",
+    })
+    backend.delete_job(PyTorchJobOperator(), "whisper-ft", timeout=5)
+    assert [r[0] for r in fake.requests] == ["GET", "DELETE", "GET"]
+
+
+def test_submit_refuses_to_upgrade_a_finished_job():
+    backend, _ = scheduler({("GET", DISCOVERY): "discovery_get_apis_kubeflow.org_v1_200",
+                            ("GET", f"{JOBS}/whisper-ft"): "pytorchjob_get_with_conditions_200"})
+    request = AppRequest("whisper-ft", values_file="values.yaml")
+    with pytest.raises(UserError, match="already finished \\(Succeeded\\).*delete whisper-ft"):
+        backend.schedule(backend.dryrun(request))
+
+
+@pytest.fixture(scope="module")
+def cpu_request(tmp_path_factory):
+    from whisper_k8s import values
+
+    user = {"nodes": 2, "accelerator": {"type": "cpu"}, "fullnameOverride": "demo"}
+    values_file = values.write_values(user, tmp_path_factory.mktemp("v") / "values.yaml")
+    return AppRequest("demo", values=user, documents=chart.render(user, "demo"), values_file=values_file)
+
+
+def test_the_printed_helm_command_renders_exactly_the_printed_documents(cpu_request, helm_bin):
+    backend = KubernetesScheduler(helm=helm_bin)
+    info = backend.dryrun(cpu_request)
+    args = info.extra["helm_args"]
+    assert args[1:3] == ["upgrade", "--install"] and str(cpu_request.values_file) in args
+    template = [helm_bin, "template", *args[3:]]
+    rendered = subprocess.run(template, capture_output=True, text=True, check=True).stdout
+    assert [d for d in yaml.safe_load_all(rendered) if d] == info.documents
+    assert [d for d in yaml.safe_load_all(str(info)) if d] == info.documents
+    assert str(info).startswith("# " + " ".join(args[:3]))
+
+
+def test_helm_failures_against_an_unreachable_cluster_are_cluster_errors(cpu_request, helm_bin, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+        "users": [{"name": "x", "user": {"token": "t"}}]}))
+    backend = KubernetesScheduler(helm=helm_bin, kubeconfig=str(kubeconfig))
+    with pytest.raises(ClusterError, match="connection refused|connect"):
+        backend._run_helm(backend.dryrun(cpu_request).extra["helm_args"], "demo")
+
+
+@pytest.mark.cluster
+def test_real_cluster_lists_and_discovers():
+    backend = KubernetesScheduler()
+    assert isinstance(backend.operator_served(PyTorchJobOperator()), bool)
+    assert isinstance(backend.list(), list)
