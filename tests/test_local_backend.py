@@ -1,0 +1,205 @@
+"""The local backend runs what the chart rendered: operator env per replica, volumes, restarts, state on disk.
+
+The jobs here are the chart's real PyTorchJob with the trainer's arguments swapped for a short Python script
+(the launcher, init containers, volumes and env stay the chart's), so each test takes about a second.
+The full path with the real trainer is in tests/test_collect.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from whisper_k8s.backends import AppRequest, get_scheduler
+from whisper_k8s.backends.local_plan import rewrite_paths
+from whisper_k8s.chart import render
+from whisper_k8s.errors import UserError
+from whisper_k8s.operators import get_contract
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def local_request(name, dataset, *, nodes=2, script=None, outputs=None, backoff=None, grace=None):
+    """The chart's documents for a CPU job; ``script`` replaces the trainer command (python -c)."""
+    storage = {"dataset": {"type": "hostPath", "hostPath": str(dataset)}}
+    if outputs:
+        storage["outputs"] = {"type": "hostPath", "hostPath": str(outputs)}
+    values = {"fullnameOverride": name, "nodes": nodes, "accelerator": {"type": "cpu"},
+              "model": {"preset": "tiny"}, "data": {"processor": str(dataset)}, "storage": storage}
+    documents = render(values, name)
+    for doc in documents:
+        if doc["kind"] != "PyTorchJob":
+            continue
+        if backoff is not None:
+            doc["spec"]["runPolicy"]["backoffLimit"] = backoff
+        for spec in doc["spec"]["pytorchReplicaSpecs"].values():
+            pod = spec["template"]["spec"]
+            if grace is not None:
+                pod["terminationGracePeriodSeconds"] = grace
+            if script is not None:
+                pod["containers"][0]["args"] = ["python", "-c", textwrap.dedent(script)]
+    return AppRequest(name=name, values=values, documents=documents)
+
+
+@pytest.fixture
+def scheduler(tmp_path):
+    local = get_scheduler("local", state_dir=tmp_path / "state")
+    yield local
+    for job in local.list():  # never leave a test's processes running
+        if not job.is_terminal:
+            local.cancel(job.name)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    path = tmp_path / "cv"
+    path.mkdir()
+    return path
+
+
+def in_fresh_process(state_dir, code):
+    """Run ``code`` (with ``scheduler`` bound) in a new Python process, as a later CLI command would."""
+    prelude = (f"from whisper_k8s.backends import get_scheduler\n"
+               f"scheduler = get_scheduler('local', state_dir={str(state_dir)!r})\n")
+    result = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+DUMP_ENV = """
+    import json, os
+    rank = os.environ["PET_NODE_RANK"]
+    keep = {k: v for k, v in os.environ.items() if k.startswith(("PET_", "MASTER_")) or k in
+            ("PYTHONUNBUFFERED", "WORLD_SIZE", "RANK", "HOME", "WHISPER_DIST_BACKEND")}
+    keep["model.json"] = json.load(open("/config/model.json"))["d_model"]
+    keep["data.json"] = open("/config/data.json").read()
+    json.dump(keep, open(f"/outputs/env-{rank}.json", "w"))
+    print("dumped", rank)
+"""
+
+
+def test_each_replica_gets_the_operator_env(scheduler, dataset, tmp_path):
+    request = local_request("envjob", dataset, script=DUMP_ENV)
+    job = get_contract("pytorchjob").read_job(request.documents)
+    scheduler.submit(request)
+    status = scheduler.wait("envjob", timeout=60, poll_seconds=0.2)
+    assert status.state == "Succeeded", status
+    outputs = scheduler.outputs_dir("envjob")
+    ports = set()
+    for replica in job.replicas:
+        seen = json.loads((outputs / f"env-{replica.node_rank}.json").read_text())
+        for name, value in replica.env.items():  # exactly the operator's env, with the master made local
+            if name in ("MASTER_ADDR", "PET_MASTER_ADDR"):
+                assert seen[name] == "127.0.0.1"
+            elif name in ("MASTER_PORT", "PET_MASTER_PORT"):
+                ports.add(seen[name])
+            else:
+                assert seen[name] == value, name
+        assert seen["PYTHONUNBUFFERED"] == "0" and seen["WORLD_SIZE"] == "2"
+        assert seen["RANK"] == seen["PET_NODE_RANK"] == str(replica.node_rank)
+        # the container's own env is kept, with mount paths (HOME=/home/whisper) mapped to local folders
+        assert seen["WHISPER_DIST_BACKEND"] == "gloo"
+        assert Path(seen["HOME"]).is_dir() and str(tmp_path) in seen["HOME"]
+        assert seen["model.json"] == 64
+        assert str(dataset) in seen["data.json"] and str(outputs) + "/processor" not in seen["data.json"]
+    assert len(ports) == 1 and ports != {"29501"}
+    assert [p.name for p in status.pods] == ["envjob-master-0", "envjob-worker-0"]
+
+
+def test_dry_run_writes_nothing_and_shows_the_mapping(scheduler, dataset, tmp_path):
+    info = scheduler.dryrun(local_request("dry", dataset, script="print(1)"))
+    text = str(info)
+    assert f"volume /data -> {dataset}" in text
+    assert "volume /outputs -> " + str(tmp_path / "state" / "dry" / "volumes" / "dry-outputs") in text
+    assert "PET_NODE_RANK=1" in text and "kind: PyTorchJob" in text
+    assert not (tmp_path / "state").exists()
+
+
+def test_mount_paths_are_rewritten_as_whole_components():
+    mounts = {"/data": "/srv/cv", "/outputs": "/o", "/outputs/processor": "/p"}
+    assert rewrite_paths("--data /data --x /dataset /x/data /data/en", mounts) == \
+        "--data /srv/cv --x /dataset /x/data /srv/cv/en"
+    assert rewrite_paths('{"p": "/outputs/processor", "s": "/outputs/checkpoints"}', mounts) == \
+        '{"p": "/p", "s": "/o/checkpoints"}'
+
+
+def test_missing_host_folder_is_refused_by_name(scheduler, tmp_path):
+    with pytest.raises(UserError, match="hostPath .*missing-cv is not an existing directory"):
+        scheduler.dryrun(local_request("nodata", tmp_path / "missing-cv", script="print(1)"))
+
+
+FAIL_ONCE = """
+    import os, pathlib, sys
+    marker = pathlib.Path("/outputs/failed-once")
+    print("attempt on rank", os.environ["PET_NODE_RANK"], flush=True)
+    if os.environ["PET_NODE_RANK"] == "1" and not marker.exists():
+        marker.write_text("x")
+        sys.exit(3)
+"""
+
+
+def test_failed_replica_restarts_the_group_within_backoff_limit(scheduler, dataset):
+    scheduler.submit(local_request("flaky", dataset, script=FAIL_ONCE))
+    status = scheduler.wait("flaky", timeout=60, poll_seconds=0.2)
+    assert status.state == "Succeeded"
+    assert [p.restarts for p in status.pods] == [1, 1]
+    job = json.loads((scheduler.root / "flaky" / "job.json").read_text())
+    assert job["history"][0]["outcome"] == "Failed" and job["history"][0]["exit_codes"]["worker-0"] == 3
+    lines = list(scheduler.log_iter("flaky"))
+    assert lines.count("[worker-1] attempt on rank 1") == 2  # both attempts' logs are kept
+
+
+def test_backoff_limit_exceeded_fails_the_job(scheduler, dataset):
+    scheduler.submit(local_request("broken", dataset, script="import sys; sys.exit(5)", backoff=1))
+    status = scheduler.wait("broken", timeout=60, poll_seconds=0.2)
+    assert status.state == "Failed"
+    assert any("backoffLimit 1 reached" in problem for problem in status.problems)
+    assert [p.restarts for p in status.pods] == [1, 1]
+
+
+SLEEPER = """
+    import os, pathlib, signal, sys, time
+    def stop(signum, frame):
+        pathlib.Path(f"/outputs/sigterm-{os.environ['PET_NODE_RANK']}").write_text("checkpointed")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_status_list_logs_delete_from_fresh_processes(scheduler, dataset, tmp_path):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    handle = scheduler.submit(local_request("sleeper", dataset, script=SLEEPER, outputs=outputs, grace=20))
+    assert handle == "local://default/sleeper"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen = in_fresh_process(scheduler.root, "s = scheduler.describe('sleeper'); print(s.state)\n"
+                                "print(sum(p.phase == 'Running' for p in s.pods))\n"
+                                "print(len(list(scheduler.log_iter('sleeper'))))")
+        if seen.split() == ["Running", "2", "2"]:
+            break
+        time.sleep(0.5)
+    assert seen.split() == ["Running", "2", "2"]
+    listed = in_fresh_process(scheduler.root, "print([(s.name, s.state) for s in scheduler.list()])")
+    assert "('sleeper', 'Running')" in listed
+    logs = in_fresh_process(scheduler.root, "print('\\n'.join(scheduler.log_iter('sleeper')))")
+    assert "[master-0] ready" in logs and "[worker-1] ready" in logs
+    job = json.loads((scheduler.root / "sleeper" / "job.json").read_text())
+    pids = [r["process"]["pid"] for r in job["replicas"].values()]
+    in_fresh_process(scheduler.root, "scheduler.cancel('sleeper')")
+    # SIGTERM reached the trainer processes (they "checkpointed"), then the job and its processes are gone
+    assert (outputs / "sigterm-0").read_text() == "checkpointed" and (outputs / "sigterm-1").exists()
+    assert scheduler.describe("sleeper") is None and not (scheduler.root / "sleeper").exists()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    with pytest.raises(UserError, match="no local job sleeper"):
+        scheduler.cancel("sleeper")
