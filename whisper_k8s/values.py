@@ -143,8 +143,8 @@ def parse_set(expression: str, *, as_string: bool = False) -> list[tuple[Key, An
         if not equals or not key:
             raise UserError(f"--set {expression!r}: {item!r} is not key=value (e.g. --set nodes=2)")
         if not as_string and raw.startswith("{") and raw.endswith("}"):
-            inner = raw[1:-1]
-            value: Any = [typed_value(_unescape(v)) for v in _split_unescaped(inner, ",")] if inner else []
+            # as in Helm, "{}" is a list holding one empty string
+            value: Any = [typed_value(_unescape(v)) for v in _split_unescaped(raw[1:-1], ",")]
         else:
             value = _unescape(raw) if as_string else typed_value(_unescape(raw))
         assignments.append((parse_key(key, expression), value))

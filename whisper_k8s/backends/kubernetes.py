@@ -355,6 +355,9 @@ class KubernetesScheduler(Scheduler):
         if result.returncode == 0:
             return result.stdout
         stderr = result.stderr.strip()
+        if "cluster unreachable" in stderr:
+            raise ClusterError(f"helm cannot reach the cluster: {stderr}. Check KUBECONFIG/--kubeconfig/--context "
+                               "(`kubectl cluster-info` must work), or run on this machine with --local")
         if "forbidden" in stderr.lower():
             raise ClusterError(f"helm was refused by the cluster (RBAC): {stderr}. Ask an admin to bind "
                                f"{RBAC_ROLE} to you in namespace {self.namespace}")

@@ -1,0 +1,119 @@
+"""Chart values from files, flags and --set: Helm's semantics (checked against the real helm), precedence,
+schema errors that name the field, and the kept values file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from whisper_k8s import chart, values
+from whisper_k8s.errors import UserError
+
+SET_CASES = [
+    "a.b=1,c={x,2},d[1].e=true,f=1.5,g=010,h=null,i=a\\,b,j\\.k=v,n=-3,t=TRUE,z=0",
+    "list[0].name=first,list[2]=third,empty={}",
+]
+
+
+@pytest.fixture(scope="module")
+def echo_chart(tmp_path_factory):
+    """A throwaway chart whose only template prints .Values as JSON: what helm itself made of --set."""
+    root = tmp_path_factory.mktemp("echo")
+    (root / "templates").mkdir()
+    (root / "Chart.yaml").write_text("apiVersion: v2\nname: echo\nversion: 0.1.0\n")
+    (root / "templates" / "values.yaml").write_text("values: {{ toJson .Values }}\n")
+    return root
+
+
+def helm_values(helm_bin, chart_dir, sets, set_strings=()):
+    args = [helm_bin, "template", "x", str(chart_dir)]
+    args += [a for s in sets for a in ("--set", s)] + [a for s in set_strings for a in ("--set-string", s)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("values: "))[8:])
+
+
+@pytest.mark.parametrize("expression", SET_CASES)
+def test_set_parses_like_real_helm(expression, echo_chart, helm_bin):
+    ours = values.build_values(sets=[expression], set_strings=["s=5,u=true"])
+    assert ours == helm_values(helm_bin, echo_chart, [expression], ["s=5,u=true"])
+
+
+def test_set_typing_follows_helm():
+    assert values.parse_set("a=1,b=1.5,c=true,d=null,e=0,f=007,g=x=y") == [
+        (["a"], 1), (["b"], "1.5"), (["c"], True), (["d"], None), (["e"], 0), (["f"], "007"), (["g"], "x=y")]
+    assert values.parse_set("a.b[2].c=1") == [(["a", "b", 2, "c"], 1)]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("nodes", "is not key=value"), ("a[x]=1", "must be \\[N\\]"), ("a..b=1", "empty key segment"),
+    ("=1", "is not key=value"),
+])
+def test_malformed_set_names_the_expression(bad, message):
+    with pytest.raises(UserError, match=message):
+        values.parse_set(bad)
+
+
+def test_precedence_files_then_flags_then_set(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("nodes: 4\ntraining:\n  lr: 2.0e-5\n  trainIters: 10\n")
+    second.write_text("training:\n  trainIters: 20\n")
+    built = values.build_values([first, second], {"nodes": 8, "accelerator": None}, ["training.trainIters=30"])
+    assert built == {"nodes": 8, "training": {"lr": 2.0e-5, "trainIters": 30}}
+
+
+def test_flags_map_onto_the_charts_values_layout():
+    built = values.flag_values({
+        "nodes": 2, "npus_per_node": 8, "accelerator": "ascend", "image": "localhost:5000/whisper-k8s:0.2",
+        "dataset": "cv-claim", "pretrained": "whisper-large-v3", "language": "hi", "preset": "tiny",
+    })
+    assert built == {
+        "nodes": 2, "accelerator": {"perNode": 8, "type": "ascend"},
+        "image": {"repository": "localhost:5000/whisper-k8s", "tag": "0.2"},
+        "storage": {"dataset": {"type": "existingClaim", "existingClaim": "cv-claim"}},
+        "model": {"pretrained": {"enabled": True, "path": "whisper-large-v3"}, "preset": "tiny"},
+        "data": {"language": "hi"},
+    }
+    assert values.flag_values({"image": "localhost:5000/whisper-k8s"}) == {
+        "image": {"repository": "localhost:5000/whisper-k8s"}}
+    assert values.flag_values({"dataset": "/srv/cv11"})["storage"]["dataset"] == {
+        "type": "hostPath", "hostPath": "/srv/cv11"}
+    # every key a flag can produce exists in the chart (a renamed value breaks this test, not a user's job)
+    defaults = chart.default_values()
+    for dest, to_values in values.FLAG_VALUES.items():
+        for key in to_values("/x" if dest == "dataset" else "x:1"):
+            node = defaults
+            for part in key.split("."):
+                assert part in node, f"--{dest} sets {key}, which is not in helm/values.yaml"
+                node = node[part]
+
+
+def test_schema_errors_name_every_bad_field():
+    with pytest.raises(UserError) as err:
+        values.validate(values.build_values(sets=["nodes=0", "accelerator.type=tpu", "bogus=1"]))
+    message = str(err.value)
+    assert "nodes: 0 is less than the minimum of 1" in message
+    assert "accelerator.type: 'tpu' is not one of" in message
+    assert "'bogus' was unexpected" in message
+    values.validate(values.build_values(flags={"nodes": 2, "accelerator": "cpu"}))  # valid: no error
+
+
+def test_values_files_errors_name_the_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        values.load_values_file(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(UserError, match="list.yaml must hold a map"):
+        values.load_values_file(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [\n")
+    with pytest.raises(UserError, match="broken.yaml is not valid YAML"):
+        values.load_values_file(tmp_path / "broken.yaml")
+
+
+def test_written_values_round_trip_and_leave_no_temp_files(tmp_path):
+    built = values.build_values(flags={"nodes": 2}, sets=["training.lr=1e-5"])
+    path = values.write_values(built, values.default_values_path("job-a", tmp_path))
+    assert path == tmp_path / "job-a" / "values.yaml"
+    assert yaml.safe_load(path.read_text()) == built == values.load_values_file(path)
+    assert [p.name for p in path.parent.iterdir()] == ["values.yaml"]
