@@ -1,0 +1,72 @@
+"""Common Voice 11 shards -> Whisper training batches, sharded over ranks and workers, resumable exactly.
+
+Modules: ``catalog`` (CV layout, transcript rows, tar member index), ``audio`` (MP3 -> 16 kHz, as librosa),
+``features`` (batched log-mel equal to WhisperFeatureExtractor), ``labels`` (Whisper decoder targets),
+``stream`` (who reads what in which order; worker batches), ``loader`` (DataLoader wrapper with a saveable
+position). ``build_dataloader`` wires them for one rank.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from whisper_k8s.errors import UserError
+from whisper_trainer.data.catalog import build_catalog
+from whisper_trainer.data.features import mel_filters
+from whisper_trainer.data.labels import LabelEncoder
+from whisper_trainer.data.loader import ResumableLoader
+from whisper_trainer.data.stream import StreamSettings
+
+__all__ = ["ResumableLoader", "build_dataloader"]
+
+
+def build_dataloader(dataset_root: str, languages: list[str], split: str, processor_dir: str, *,
+                     n_mels: int, rank: int, world_size: int, micro_batch_size: int, num_workers: int,
+                     seed: int, shuffle: bool = True, max_label_tokens: int = 448,
+                     task: str = "transcribe", prefetch_factor: int = 4, pin_memory: bool = False,
+                     return_paths: bool = False) -> ResumableLoader:
+    """The data loader of rank ``rank`` of ``world_size``.
+
+    ``languages`` are Common Voice locales (a comma-separated string is accepted too). ``num_workers`` 0 reads
+    in the calling process. ``return_paths`` adds each batch's TSV paths under ``paths`` (tests, debugging).
+    """
+    if isinstance(languages, str):
+        languages = [language.strip() for language in languages.split(",") if language.strip()]
+    _check_counts(rank=rank, world_size=world_size, micro_batch_size=micro_batch_size, num_workers=num_workers,
+                  n_mels=n_mels, max_label_tokens=max_label_tokens)
+    encoder = LabelEncoder(processor_dir, task)
+    for language in languages:
+        encoder.language_id(language)  # refuse an unknown locale before any worker starts
+    catalog = build_catalog(dataset_root, languages, split)
+    settings = StreamSettings(
+        processor_dir=str(processor_dir), task=task, micro_batch_size=micro_batch_size,
+        max_label_tokens=max_label_tokens, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
+        streams_per_rank=max(1, num_workers), return_paths=return_paths,
+    )
+    _check_enough_samples(catalog, settings)
+    return ResumableLoader(catalog, settings, mel_filters(str(processor_dir), n_mels), num_workers=num_workers,
+                           prefetch_factor=prefetch_factor, pin_memory=pin_memory)
+
+
+def _check_counts(**counts: int) -> None:
+    minimum = {"rank": 0, "num_workers": 0}
+    for name, value in counts.items():
+        if not isinstance(value, int) or value < minimum.get(name, 1):
+            raise UserError(f"{name}={value!r} is invalid: give an integer >= {minimum.get(name, 1)}")
+    if counts["rank"] >= counts["world_size"]:
+        raise UserError(f"rank {counts['rank']} is outside world_size {counts['world_size']}")
+
+
+def _check_enough_samples(catalog, settings: StreamSettings) -> None:
+    if catalog.usable_count() == 0:
+        reasons = Counter(catalog.problems)
+        raise UserError(
+            f"no usable sample in {catalog.root} ({','.join(catalog.languages)}/{catalog.split}): all "
+            f"{len(catalog)} are bad ({', '.join(f'{reason} {count}' for reason, count in sorted(reasons.items()))})"
+        )
+    if len(catalog) < settings.consumers:
+        raise UserError(
+            f"{catalog.root} ({','.join(catalog.languages)}/{catalog.split}) has {len(catalog)} samples but "
+            f"{settings.world_size} ranks x {settings.streams_per_rank} workers = {settings.consumers} readers: "
+            "lower --num-workers or the number of ranks, or use a larger split"
+        )

@@ -1,0 +1,206 @@
+"""Who reads which sample, in which order, and how one reader turns its samples into batches.
+
+Sharding is at sample level: for every epoch the whole catalogue is permuted with a generator seeded by
+(seed, epoch), and consumer c of C = world_size x streams_per_rank takes positions c, c + C, c + 2C, ... of that
+permutation. The shares of one epoch are therefore disjoint and together cover every sample once, whatever the
+number of tar shards (see tests/test_data_pipeline.py for the check over many topologies).
+
+Each consumer (one dataloader worker of one rank) is an endless stream: it walks its share of epoch e, then of
+epoch e + 1, and so on, skipping and counting bad samples; a batch may end in one epoch and continue in the
+next, so no sample is dropped and all ranks can draw as many batches as the trainer asks for. Every batch
+carries the stream's position after it (epoch, cursor into the share, skip counters), which is what
+``ResumableLoader.state_dict`` saves: restarting a stream from that position reproduces the rest bitwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from whisper_k8s.errors import UserError
+from whisper_trainer.data.audio import BadAudio, decode_16k
+from whisper_trainer.data.catalog import PROBLEM_DETAILS, Catalog
+from whisper_trainer.data.features import LogMel
+from whisper_trainer.data.labels import TOO_MANY_TOKENS, LabelEncoder
+
+LOG = logging.getLogger("whisper_trainer.data")
+IGNORE_INDEX = -100
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The job-wide sample order of one epoch: identical on every rank and worker, fixed by (seed, epoch)."""
+    if not shuffle:
+        return np.arange(num_samples)
+    return np.random.Generator(np.random.PCG64([seed, epoch])).permutation(num_samples)
+
+
+def consumer_share(num_samples: int, seed: int, epoch: int, shuffle: bool, consumer: int, consumers: int) -> np.ndarray:
+    """Catalogue indices consumer ``consumer`` of ``consumers`` reads in ``epoch``, in reading order."""
+    return epoch_order(num_samples, seed, epoch, shuffle)[consumer::consumers]
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Everything a worker needs besides the catalogue; plain values so it travels to workers cheaply."""
+
+    processor_dir: str
+    task: str
+    micro_batch_size: int
+    max_label_tokens: int
+    seed: int
+    shuffle: bool
+    rank: int
+    world_size: int
+    streams_per_rank: int
+    return_paths: bool = False
+
+    @property
+    def consumers(self) -> int:
+        return self.world_size * self.streams_per_rank
+
+
+def start_position() -> dict:
+    return {"epoch": 0, "cursor": 0, "skipped": {}}
+
+
+class SampleReader:
+    """Reads, decodes and labels single samples for one worker; bad ones are logged, counted and skipped."""
+
+    def __init__(self, catalog: Catalog, settings: StreamSettings, skipped: Counter):
+        self.catalog = catalog
+        self.settings = settings
+        self.skipped = skipped
+        self.encoder = LabelEncoder(settings.processor_dir, settings.task)
+        self.language_ids = [self.encoder.language_id(language) for language in catalog.languages]
+        self._descriptors: dict[int, int] = {}
+
+    def read(self, index: int):
+        """(waveform, label ids) of catalogue sample ``index``, or None when it is skipped."""
+        catalog = self.catalog
+        if catalog.problems[index] is not None:
+            return self._skip(index, catalog.problems[index], PROBLEM_DETAILS[catalog.problems[index]])
+        labels = self.encoder.encode(catalog.texts[index], self.language_ids[catalog.language_index[index]])
+        if len(labels) > self.settings.max_label_tokens:
+            return self._skip(
+                index, TOO_MANY_TOKENS, f"{len(labels)} label tokens, over the cap of {self.settings.max_label_tokens}"
+            )
+        location = catalog.locations[index]
+        data = os.pread(self._descriptor(location.shard), location.size, location.offset)
+        try:
+            waveform = decode_16k(data)
+        except BadAudio as bad:
+            return self._skip(index, bad.reason, str(bad))
+        return waveform, labels
+
+    def _descriptor(self, shard: int) -> int:
+        # Opened lazily in the worker process itself: descriptors are not shared across fork/spawn.
+        if shard not in self._descriptors:
+            self._descriptors[shard] = os.open(self.catalog.shards[shard], os.O_RDONLY)
+        return self._descriptors[shard]
+
+    def _skip(self, index: int, reason: str, detail: str) -> None:
+        self.skipped[reason] += 1
+        LOG.warning("skipping %s: %s (%s)", self.catalog.describe(index), reason, detail)
+        return None
+
+    def close(self) -> None:
+        for descriptor in self._descriptors.values():
+            os.close(descriptor)
+        self._descriptors.clear()
+
+
+def collate(waveforms, label_lists, log_mel: LogMel, start_id: int, pad_id: int) -> dict:
+    """Batch dict: features [B, n_mels, 3000], labels padded with -100, and the decoder inputs HF would derive."""
+    longest = max(len(labels) for labels in label_lists)
+    labels = torch.full((len(label_lists), longest), IGNORE_INDEX, dtype=torch.long)
+    for row, ids in enumerate(label_lists):
+        labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    # shift_tokens_right, as WhisperForConditionalGeneration (and MindSpeed-MM) apply it to labels.
+    decoder_input_ids = torch.cat([torch.full((len(label_lists), 1), start_id), labels[:, :-1]], dim=1)
+    decoder_input_ids.masked_fill_(decoder_input_ids == IGNORE_INDEX, pad_id)
+    return {
+        "input_features": log_mel(waveforms),
+        "labels": labels,
+        "decoder_input_ids": decoder_input_ids,
+        "num_samples": len(label_lists),
+    }
+
+
+def stream_batches(catalog: Catalog, settings: StreamSettings, filters: np.ndarray, stream: int, position: dict):
+    """Endless batches of logical stream ``stream`` of this rank, starting at ``position``.
+
+    Each batch has a ``_position`` entry: the stream number and its position after the batch.
+    """
+    consumer = settings.rank * settings.streams_per_rank + stream
+    epoch, cursor = position["epoch"], position["cursor"]
+    skipped = Counter(position["skipped"])
+    reader = SampleReader(catalog, settings, skipped)
+    log_mel = LogMel(filters)
+    share = consumer_share(len(catalog), settings.seed, epoch, settings.shuffle, consumer, settings.consumers)
+    whole_epoch_seen, usable_in_epoch = cursor == 0, 0
+    waveforms, label_lists, paths = [], [], []
+    try:
+        while True:
+            if cursor >= len(share):
+                if whole_epoch_seen and usable_in_epoch == 0:
+                    raise _nothing_usable(catalog, settings, stream, epoch, len(share), skipped)
+                epoch, cursor = epoch + 1, 0
+                share = consumer_share(len(catalog), settings.seed, epoch, settings.shuffle, consumer, settings.consumers)
+                whole_epoch_seen, usable_in_epoch = True, 0
+                continue
+            index = int(share[cursor])
+            cursor += 1
+            sample = reader.read(index)
+            if sample is None:
+                continue
+            usable_in_epoch += 1
+            waveforms.append(sample[0])
+            label_lists.append(sample[1])
+            paths.append(catalog.paths[index])
+            if len(waveforms) == settings.micro_batch_size:
+                batch = collate(waveforms, label_lists, log_mel, reader.encoder.start_id, reader.encoder.pad_id)
+                if settings.return_paths:
+                    batch["paths"] = paths
+                batch["_position"] = {"stream": stream, "epoch": epoch, "cursor": cursor, "skipped": dict(skipped)}
+                yield batch
+                waveforms, label_lists, paths = [], [], []
+    finally:
+        reader.close()
+
+
+def _nothing_usable(catalog, settings, stream, epoch, share_size, skipped) -> UserError:
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items()))
+    return UserError(
+        f"rank {settings.rank} data stream {stream} found no usable sample among its {share_size} samples of "
+        f"epoch {epoch} in {catalog.root} ({','.join(catalog.languages)}/{catalog.split}); skipped so far: "
+        f"{reasons}. Fix the dataset (the warnings above name each bad file) or, if it is tiny, use fewer "
+        "dataloader workers or ranks"
+    )
+
+
+class BatchStreams(IterableDataset):
+    """Dataloader worker w of this rank serves logical stream (w + rotation) mod W.
+
+    The rotation lets a resumed loader, whose DataLoader again starts its round robin at worker 0, continue
+    with the stream that was next when the state was saved.
+    """
+
+    def __init__(self, catalog: Catalog, settings: StreamSettings, filters: np.ndarray, positions: list[dict],
+                 rotation: int):
+        self.catalog = catalog
+        self.settings = settings
+        self.filters = filters
+        self.positions = positions
+        self.rotation = rotation
+
+    def __iter__(self):
+        info = get_worker_info()
+        stream = ((info.id if info is not None else 0) + self.rotation) % self.settings.streams_per_rank
+        return stream_batches(self.catalog, self.settings, self.filters, stream, self.positions[stream])
+
