@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -98,6 +99,21 @@ def test_encoding_matches_tiktoken_bpe_and_round_trips(tokenizer):
         assert tokenizer.decode(ids) == sentence
 
 
+def test_english_spelling_normalizer_travels_with_the_folder(processor_dir, tokenizer):
+    assert (processor_dir / "normalizer.json").is_file()
+    assert tokenizer.normalize("The colour of the Theatre!") == "the color of the theater"
+
+
+def test_generation_config_fields():
+    fields = proc.generation_config_fields("large-v3")
+    assert fields["decoder_start_token_id"] == 50258 and fields["no_timestamps_token_id"] == 50364
+    assert fields["task_to_id"] == {"translate": 50359, "transcribe": 50360}
+    assert fields["lang_to_id"]["<|hi|>"] == 50276 and fields["is_multilingual"] is True
+    english = proc.generation_config_fields("en")
+    assert english["is_multilingual"] is False and "lang_to_id" not in english
+    assert english["decoder_start_token_id"] == 50257
+
+
 def test_prefix_tokens_for_hindi_transcription(tokenizer):
     tokenizer.set_prefix_tokens(language="hindi", task="transcribe")
     ids = tokenizer("नमस्ते").input_ids
@@ -136,15 +152,19 @@ def test_processor_loads_offline_in_a_fresh_process(processor_dir):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [128, 51866, 50364, "WhisperTokenizer"]
 
 
-def test_english_only_variant_uses_gpt2_vocabulary(tmp_path):
+def test_english_only_variant_replaces_our_large_v3_folder(processor_dir, tmp_path):
     from transformers import WhisperProcessor
 
-    out = proc.write_processor(tmp_path / "en", variant="en")
+    # A folder this function wrote for another variant is rebuilt in place, not refused.
+    out = tmp_path / "processor"
+    shutil.copytree(processor_dir, out)
+    proc.write_processor(out, variant="en")
     loaded = WhisperProcessor.from_pretrained(out)
     assert loaded.feature_extractor.feature_size == 80
     assert len(loaded.tokenizer) == 51864
     assert loaded.tokenizer(" hello world", add_special_tokens=False).input_ids == [23748, 995]
     assert loaded.tokenizer.convert_tokens_to_ids("<|startoftranscript|>") == 50257
+    assert json.loads((out / proc.MARKER_FILE).read_text())["variant"] == "en"
 
 
 def test_write_is_idempotent_and_refuses_foreign_folders(processor_dir, tmp_path):

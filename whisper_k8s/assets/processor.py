@@ -14,6 +14,7 @@ import base64
 import hashlib
 import importlib.util
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ TASK_TOKENS = ("<|translate|>", "<|transcribe|>")
 CONTROL_TOKENS = ("<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>")
 TIMESTAMP_COUNT = 1501  # <|0.00|> .. <|30.00|> in 0.02 s steps
 MARKER_FILE = "whisper_k8s_assets.json"
+MARKER_LAYOUT = 2  # bump when the folder's content changes, so older folders of ours are rebuilt
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,11 @@ def whisper_assets_dir() -> Path:
             f"{assets} is missing: reinstall openai-whisper (`pip install --no-deps openai-whisper`)"
         )
     return assets
+
+
+def english_spelling_file() -> Path:
+    """Whisper's British -> American spelling map, which Hugging Face ships as ``normalizer.json``."""
+    return whisper_assets_dir().parent / "normalizers" / "english.json"
 
 
 def read_bpe_ranks(path: Path) -> dict[bytes, int]:
@@ -133,6 +140,31 @@ def special_ids(variant: str = "large-v3") -> dict[str, int]:
     }
 
 
+def generation_config_fields(variant: str = "large-v3") -> dict:
+    """The tokenizer-derived fields of a Whisper ``generation_config.json`` (model-specific ones such as
+    ``alignment_heads`` and ``suppress_tokens`` are the converter's business)."""
+    ids = special_ids(variant)
+    fields = {
+        "bos_token_id": ids["bos_token_id"],
+        "eos_token_id": ids["eos_token_id"],
+        "pad_token_id": ids["pad_token_id"],
+        "decoder_start_token_id": ids["decoder_start_token_id"],
+        "no_timestamps_token_id": ids["no_timestamps_token_id"],
+        "prev_sot_token_id": ids["prev_sot_token_id"],
+        "begin_suppress_tokens": [220, ids["eos_token_id"]],  # " " and <|endoftext|> never open a transcript
+        "is_multilingual": variant != "en",
+        "max_initial_timestamp_index": 50,
+        "max_length": 448,
+    }
+    if variant != "en":  # English-only models take no language or task token
+        fields["lang_to_id"] = lang_to_id(variant)
+        fields["task_to_id"] = {
+            "translate": ids["translate_token_id"],
+            "transcribe": ids["transcribe_token_id"],
+        }
+    return fields
+
+
 def vocab_size(variant: str = "large-v3") -> int:
     return _base_vocab_size(variant) + len(special_tokens(variant)) + TIMESTAMP_COUNT
 
@@ -152,7 +184,7 @@ def build_tokenizer(variant: str = "large-v3"):
 
     rank_file = whisper_assets_dir() / get_variant(variant).rank_file
     vocab, merges = _LocalRankConverter().extract_vocab_merges_from_model(str(rank_file))
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges)
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, normalizer_file=str(english_spelling_file()))
     specials = [AddedToken(t, special=True, normalized=False) for t in special_tokens(variant)]
     tokenizer.add_special_tokens({"extra_special_tokens": specials})
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamp_tokens()])
@@ -182,6 +214,7 @@ def build_processor(variant: str = "large-v3"):
 def _provenance(variant: str) -> dict:
     rank_file = whisper_assets_dir() / get_variant(variant).rank_file
     return {
+        "layout": MARKER_LAYOUT,
         "variant": variant,
         "rank_file": rank_file.name,
         "rank_file_sha256": hashlib.sha256(rank_file.read_bytes()).hexdigest(),
@@ -190,25 +223,29 @@ def _provenance(variant: str) -> dict:
     }
 
 
-def _already_written(out_dir: Path, provenance: dict) -> bool:
-    marker = out_dir / MARKER_FILE
+def _written_by_us(out_dir: Path) -> dict | None:
     try:
-        return json.loads(marker.read_text()) == provenance
+        return json.loads((out_dir / MARKER_FILE).read_text())
     except (OSError, ValueError):
-        return False
+        return None
 
 
 def write_processor(out_dir: Path | str, variant: str = "large-v3", *, overwrite: bool = False) -> Path:
     """Write a folder that ``WhisperProcessor.from_pretrained(out_dir)`` loads with no network.
 
-    Idempotent: a folder this function already wrote for the same variant and vocabulary is left as it is.
-    Another non-empty folder is refused unless ``overwrite``. The folder appears atomically.
+    Idempotent: a folder this function already wrote for the same variant and vocabulary is left as it is; one
+    it wrote for another variant or an older layout is replaced. Any other non-empty folder is refused unless
+    ``overwrite``. The folder appears atomically.
     """
     out_dir = Path(out_dir)
     provenance = _provenance(variant)
-    if _already_written(out_dir, provenance):
+    previous = _written_by_us(out_dir)
+    if previous == provenance:
         return out_dir
-    with atomic_directory(out_dir, overwrite=overwrite, what="processor folder") as staging:
+    replace = overwrite or previous is not None
+    with atomic_directory(out_dir, overwrite=replace, what="processor folder") as staging:
         build_processor(variant).save_pretrained(staging)
+        # The tokenizer reloads the spelling map from here (English WER normalisation needs it).
+        shutil.copyfile(english_spelling_file(), staging / "normalizer.json")
         (staging / MARKER_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out_dir
