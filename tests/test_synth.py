@@ -116,11 +116,13 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     assert (a.root / train_tsv).read_bytes() != (c.root / train_tsv).read_bytes()
 
 
-def test_hindi_speaks_devanagari(tmp_path):
-    result = synth.synthesize(tmp_path / "hi", lang="hi", train=3, test=1, seed=1)
+def test_hindi_speaks_devanagari_beside_english(tmp_path):
+    result = synth.synthesize(tmp_path / "cv", lang="hi,en", train=3, test=1, seed=1)
+    counts = cv.read_n_shards(result.root)
+    assert sorted(counts) == ["en", "hi"] and counts["hi"]["train"] == counts["en"]["train"] == 1
     rows = cv.read_transcript(cv.transcript_path(result.root, "hi", "train"))
     assert all(any("\u0900" <= ch <= "\u097f" for ch in r["sentence"]) for r in rows)
-    assert all(r["locale"] == "hi" for r in rows)
+    assert all(r["locale"] == "hi" and r["path"].startswith("common_voice_hi_") for r in rows)
     for name, data in all_member_bytes(result.root, "hi", "train").items():
         samples, rate = decode_mp3(data)
         assert name.startswith("hi_train_0/common_voice_hi_") and rate == 48_000
