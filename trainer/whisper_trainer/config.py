@@ -1,0 +1,441 @@
+"""The trainer's settings: MindSpeed-MM's ``model.json`` and ``data.json`` unchanged, plus Megatron-style flags.
+
+A run is described by exactly what the seed's ``pretrain_whisper.sh`` gives MindSpeed-MM, so a user's existing
+files and flags carry over. Everything is checked before any process group, model or file is created: an
+unknown key, a wrong type or a contradiction (global batch not divisible, mel bins that differ from the
+processor, ``--seq-length`` that differs from the model) raises a ``UserError`` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from whisper_k8s.errors import UserError
+
+# Every key of MindSpeed-MM's whisper model.json (tests/fixtures/reference/mindspeed-mm/model.json) ...
+MODEL_JSON_KEYS = frozenset({
+    "model_id", "ckpt_path", "activation_dropout", "activation_function", "apply_spec_augment", "architectures",
+    "attention_dropout", "begin_suppress_tokens", "bos_token_id", "classifier_proj_size", "d_model",
+    "decoder_attention_heads", "decoder_ffn_dim", "decoder_layerdrop", "decoder_layers", "decoder_start_token_id",
+    "dropout", "encoder_attention_heads", "encoder_ffn_dim", "encoder_layerdrop", "encoder_layers", "eos_token_id",
+    "init_std", "is_encoder_decoder", "mask_feature_length", "mask_feature_min_masks", "mask_feature_prob",
+    "mask_time_length", "mask_time_min_masks", "mask_time_prob", "max_length", "max_source_positions",
+    "max_target_positions", "median_filter_width", "model_type", "num_hidden_layers", "num_mel_bins",
+    "pad_token_id", "scale_embedding", "torch_dtype", "use_cache", "use_weighted_layer_sum", "vocab_size",
+})
+# ... plus the Hugging Face config.json fields a user may have copied in from a downloaded model.
+HF_CONFIG_EXTRA_KEYS = frozenset({
+    "suppress_tokens", "tie_word_embeddings", "transformers_version", "_name_or_path", "dtype",
+    "forced_decoder_ids", "output_hidden_states", "return_dict", "id2label", "label2id", "problem_type",
+    "generation_config", "alignment_heads", "lang_to_id", "task_to_id", "no_timestamps_token_id",
+})
+REQUIRED_MODEL_KEYS = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                       "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "num_mel_bins",
+                       "vocab_size", "max_source_positions", "max_target_positions")
+# MindSpeed-MM writes "bf16"; Hugging Face writes "bfloat16". Both mean the same.
+DTYPE_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+               "fp32": "float32", "float32": "float32"}
+# Keys a model.json holds that are not Hugging Face WhisperConfig arguments.
+MM_ONLY_MODEL_KEYS = ("model_id", "ckpt_path", "torch_dtype")
+
+
+@dataclass
+class ModelConfig:
+    """A MindSpeed-MM model.json, kept verbatim in ``fields`` (so it can be written back unchanged)."""
+
+    fields: dict[str, Any]
+    path: str = ""
+
+    @property
+    def ckpt_path(self) -> str:
+        return str(self.fields.get("ckpt_path") or "")
+
+    @property
+    def num_mel_bins(self) -> int:
+        return int(self.fields["num_mel_bins"])
+
+    @property
+    def dtype(self) -> str:
+        return DTYPE_NAMES[self.fields.get("torch_dtype", "float32")]
+
+    def hf_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``transformers.WhisperConfig``: the MM-only keys dropped, the LM head untied."""
+        kwargs = {k: v for k, v in self.fields.items() if k not in MM_ONLY_MODEL_KEYS}
+        kwargs["tie_word_embeddings"] = False  # MindSpeed-MM trains and saves a separate proj_out.weight
+        return kwargs
+
+
+@dataclass
+class DataConfig:
+    """The parts of a MindSpeed-MM data.json the trainer uses (the whole document is validated)."""
+
+    dataset_root: str
+    languages: list[str]
+    processor_dir: str
+    task: str = "transcribe"
+    shuffle: bool = True
+    path: str = ""
+
+
+@dataclass
+class TrainingConfig:
+    micro_batch_size: int = 8
+    global_batch_size: int | None = None  # default: micro batch x world size (no accumulation)
+    train_iters: int = 300
+    lr: float = 1e-5
+    min_lr: float = 0.0
+    lr_warmup_iters: int = 0
+    lr_decay_iters: int | None = None  # default: train_iters (Megatron)
+    lr_decay_style: str = "linear"  # Megatron's default
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    bf16: bool = False
+    seed: int = 1234
+    num_workers: int = 4
+    split: str = "train"
+    exit_interval: int | None = None  # Megatron: save and exit after this many iterations
+    max_label_tokens: int = 448
+
+
+@dataclass
+class ParallelConfig:
+    strategy: str = "ddp"  # ddp | fsdp
+    device: str = "auto"  # auto | npu | cuda | cpu
+    timeout_minutes: int = 30
+
+
+@dataclass
+class CheckpointConfig:
+    save: str = ""
+    load: str = ""  # default: the save folder (resume by itself)
+    save_interval: int = 10000
+    keep: int = 3
+    no_load_optim: bool = False
+    no_load_rng: bool = False
+
+
+@dataclass
+class MetricsConfig:
+    log_interval: int = 1
+    metrics_file: str = ""
+    tensorboard_dir: str = ""
+
+
+@dataclass
+class TrainerConfig:
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro steps per iteration so that micro batch x world size x steps = global batch."""
+        per_step = self.training.micro_batch_size * world_size
+        global_batch = self.training.global_batch_size or per_step
+        if global_batch % per_step:
+            raise UserError(
+                f"--global-batch-size {global_batch} is not divisible by --micro-batch-size "
+                f"{self.training.micro_batch_size} x world size {world_size} = {per_step}: "
+                f"use a multiple of {per_step}"
+            )
+        return global_batch // per_step
+
+    def global_batch_size(self, world_size: int) -> int:
+        return self.training.micro_batch_size * world_size * self.accumulation_steps(world_size)
+
+    def as_namespace(self, world_size: int) -> argparse.Namespace:
+        """Megatron-style ``args`` for the checkpoint, so upstream tools find the fields they read."""
+        t, c = self.training, self.checkpoint
+        flat: dict[str, Any] = {}
+        for section in (t, self.parallel, c, self.metrics):
+            flat.update(asdict(section))
+        flat.update(
+            global_batch_size=self.global_batch_size(world_size), world_size=world_size,
+            data_parallel_size=world_size, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
+            context_parallel_size=1, seq_length=self.model.fields["max_target_positions"],
+            max_position_embeddings=self.model.fields["max_source_positions"],
+            lr_decay_iters=t.lr_decay_iters or t.train_iters, fp16=False,
+            params_dtype=self.model.dtype, mm_model=self.model.path, mm_data=self.data.path,
+            iteration=0, consumed_train_samples=0,
+        )
+        return argparse.Namespace(**flat)
+
+
+def _fail(where: str, message: str) -> UserError:
+    return UserError(f"{where}: {message}")
+
+
+def _read_json(path: str, flag: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{flag} {path}: no such file")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{flag} {path}: not valid JSON ({err})") from err
+    if not isinstance(doc, dict):
+        raise UserError(f"{flag} {path}: expected a JSON object at the top")
+    return doc
+
+
+def validate_model_fields(fields: dict, where: str = "model.json") -> ModelConfig:
+    """Check a model.json document; return it as a ModelConfig. Errors name the key."""
+    unknown = sorted(set(fields) - MODEL_JSON_KEYS - HF_CONFIG_EXTRA_KEYS)
+    if unknown:
+        raise _fail(where, f"unknown key(s) {', '.join(unknown)}: remove them (MindSpeed-MM's whisper "
+                           "model.json fields and Hugging Face WhisperConfig fields are accepted)")
+    for key in REQUIRED_MODEL_KEYS:
+        if key not in fields:
+            raise _fail(where, f"missing required key {key!r}")
+        value = fields[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise _fail(where, f"{key} must be a positive integer, found {value!r}")
+    if fields.get("model_id", "whisper") != "whisper":
+        raise _fail(where, f"model_id must be 'whisper', found {fields['model_id']!r}")
+    if fields.get("model_type", "whisper") != "whisper":
+        raise _fail(where, f"model_type must be 'whisper', found {fields['model_type']!r}")
+    if fields.get("torch_dtype", "float32") not in DTYPE_NAMES:
+        raise _fail(where, f"torch_dtype {fields['torch_dtype']!r} is not one of {', '.join(DTYPE_NAMES)}")
+    if fields.get("tie_word_embeddings"):
+        raise _fail(where, "tie_word_embeddings must be false: MindSpeed-MM trains a separate LM head "
+                           "(proj_out.weight)")
+    for heads in ("encoder_attention_heads", "decoder_attention_heads"):
+        if fields["d_model"] % fields[heads]:
+            raise _fail(where, f"d_model {fields['d_model']} is not divisible by {heads} {fields[heads]}")
+    ckpt = fields.get("ckpt_path", "")
+    if ckpt is not None and not isinstance(ckpt, str):
+        raise _fail(where, f"ckpt_path must be a string path, found {ckpt!r}")
+    return ModelConfig(fields=dict(fields), path=where)
+
+
+def load_model_json(path: str) -> ModelConfig:
+    config = validate_model_fields(_read_json(path, "--mm-model"), where=f"--mm-model {path}")
+    config.path = path
+    return config
+
+
+_DATA_SCHEMA: dict[str, Any] = {
+    "dataset_param": {
+        "dataset_type": str,
+        "basic_parameters": {"dataset_name_or_path": str, "language": str},
+        "preprocess_parameters": {"processor_name_or_path": str, "language": str, "task": str},
+    },
+    "dataloader_param": {
+        "dataloader_mode": str, "shuffle": bool, "drop_last": bool, "pin_memory": bool,
+        "collate_param": {"model_name": str, "processor_name_or_path": str, "language": str, "task": str},
+    },
+}
+
+
+def _check_shape(doc: dict, schema: dict, where: str, trail: str = "") -> None:
+    """Every key known and of the right type; the error names the dotted path of the field."""
+    for key, value in doc.items():
+        name = f"{trail}{key}"
+        if key not in schema:
+            raise _fail(where, f"unknown key {name!r} (known here: {', '.join(schema)})")
+        expected = schema[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise _fail(where, f"{name} must be an object")
+            _check_shape(value, expected, where, f"{name}.")
+        elif not isinstance(value, expected):
+            raise _fail(where, f"{name} must be a {expected.__name__}, found {value!r}")
+
+
+def _get(doc: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        doc = doc.get(part, {}) if isinstance(doc, dict) else {}
+    return doc if doc != {} else None
+
+
+def validate_data_fields(doc: dict, where: str = "data.json") -> DataConfig:
+    _check_shape(doc, _DATA_SCHEMA, where)
+    dataset_type = _get(doc, "dataset_param.dataset_type")
+    if dataset_type not in (None, "audio"):
+        raise _fail(where, f"dataset_param.dataset_type must be 'audio', found {dataset_type!r}")
+    root = _get(doc, "dataset_param.basic_parameters.dataset_name_or_path")
+    if not root:
+        raise _fail(where, "dataset_param.basic_parameters.dataset_name_or_path is required "
+                           "(the Common Voice 11 root folder)")
+    language = _get(doc, "dataset_param.basic_parameters.language")
+    languages = [part.strip() for part in (language or "").split(",") if part.strip()]
+    if not languages:
+        raise _fail(where, "dataset_param.basic_parameters.language is required (a Common Voice locale such "
+                           "as 'hi', or a comma list)")
+    processors = {k: _get(doc, k) for k in ("dataset_param.preprocess_parameters.processor_name_or_path",
+                                            "dataloader_param.collate_param.processor_name_or_path")}
+    given = {k: v for k, v in processors.items() if v}
+    if not given:
+        raise _fail(where, "dataset_param.preprocess_parameters.processor_name_or_path is required")
+    if len(set(given.values())) > 1:
+        raise _fail(where, "processor_name_or_path differs between " + " and ".join(
+            f"{k} ({v!r})" for k, v in given.items()) + ": use the same processor for both")
+    tasks = {k: _get(doc, k) for k in ("dataset_param.preprocess_parameters.task",
+                                       "dataloader_param.collate_param.task")}
+    given_tasks = {k: v for k, v in tasks.items() if v}
+    for key, task in given_tasks.items():
+        if task not in ("transcribe", "translate"):
+            raise _fail(where, f"{key} must be 'transcribe' or 'translate', found {task!r}")
+    if len(set(given_tasks.values())) > 1:
+        raise _fail(where, "task differs between preprocess_parameters and collate_param")
+    shuffle = _get(doc, "dataloader_param.shuffle")
+    return DataConfig(
+        dataset_root=root, languages=languages, processor_dir=next(iter(given.values())),
+        task=next(iter(given_tasks.values()), "transcribe"), shuffle=True if shuffle is None else shuffle,
+        path=where,
+    )
+
+
+def load_data_json(path: str) -> DataConfig:
+    config = validate_data_fields(_read_json(path, "--mm-data"), where=f"--mm-data {path}")
+    config.path = path
+    return config
+
+
+def processor_feature_size(processor_dir: str) -> int:
+    """Mel bins of a local processor folder, read the way transformers reads it (any of its file layouts)."""
+    if not Path(processor_dir).is_dir():
+        raise UserError(f"processor_name_or_path {processor_dir}: not a local Hugging Face WhisperProcessor "
+                        "folder (nothing is downloaded; write one with `whisper-k8s assets processor`)")
+    from transformers import WhisperFeatureExtractor
+
+    try:
+        return int(WhisperFeatureExtractor.from_pretrained(processor_dir, local_files_only=True).feature_size)
+    except (OSError, ValueError) as err:
+        raise UserError(f"processor_name_or_path {processor_dir}: no feature extractor settings ({err})") from err
+
+
+def check_processor(model: ModelConfig, data: DataConfig) -> None:
+    """The processor's mel bins must be the model's ``num_mel_bins`` (80 for v1/v2, 128 for v3)."""
+    feature_size = processor_feature_size(data.processor_dir)
+    if feature_size != model.num_mel_bins:
+        raise UserError(
+            f"model.json num_mel_bins {model.num_mel_bins} != processor feature_size {feature_size} "
+            f"({data.processor_dir}): use a processor of the same Whisper generation as the model"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="whisper_trainer",
+        description="Pretrain Whisper with MindSpeed-MM's model.json/data.json and Megatron-style flags "
+                    "(launch with torchrun; runs as one process without it).",
+    )
+    a = p.add_argument
+    a("--mm-model", required=True, help="MindSpeed-MM model.json")
+    a("--mm-data", required=True, help="MindSpeed-MM data.json")
+    a("--save", required=True, help="checkpoint folder (Megatron layout)")
+    a("--load", default="", help="checkpoint folder to resume from (default: --save)")
+    a("--micro-batch-size", type=int, default=8)
+    a("--global-batch-size", type=int, default=None)
+    a("--lr", type=float, default=1e-5)
+    a("--min-lr", type=float, default=0.0)
+    a("--lr-warmup-iters", type=int, default=0)
+    a("--lr-decay-iters", type=int, default=None)
+    a("--lr-decay-style", default="linear", choices=["cosine", "linear", "constant"])
+    a("--train-iters", type=int, default=300)
+    a("--weight-decay", type=float, default=0.0)
+    a("--adam-beta1", type=float, default=0.9)
+    a("--adam-beta2", type=float, default=0.999)
+    a("--adam-eps", type=float, default=1e-8)
+    a("--clip-grad", type=float, default=1.0, help="0 disables clipping (the norm is still logged)")
+    a("--bf16", action="store_true", help="bf16 mixed precision (fp32 master weights)")
+    a("--save-interval", type=int, default=10000)
+    a("--exit-interval", type=int, default=None, help="save and exit after this iteration (Megatron)")
+    a("--log-interval", type=int, default=1)
+    a("--num-workers", type=int, default=4)
+    a("--seed", type=int, default=1234)
+    a("--parallel", default=None, choices=["ddp", "fsdp"])
+    a("--keep-checkpoints", type=int, default=3)
+    a("--no-load-optim", action="store_true")
+    a("--no-load-rng", action="store_true")
+    a("--metrics-file", default="")
+    a("--tensorboard-dir", default="")
+    a("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
+    a("--split", default="train")
+    a("--distributed-timeout-minutes", type=int, default=30)
+    # Flags of the seed's pretrain_whisper.sh, checked against model.json or mapped onto ours.
+    a("--seq-length", type=int, default=None, help="must equal model.json max_target_positions")
+    a("--max-position-embeddings", type=int, default=None, help="must equal max_source_positions")
+    a("--tensor-model-parallel-size", type=int, default=1)
+    a("--pipeline-model-parallel-size", type=int, default=1)
+    a("--context-parallel-size", type=int, default=1)
+    a("--use-distributed-optimizer", action="store_true", help="sharded optimizer state: --parallel fsdp")
+    a("--overlap-grad-reduce", action="store_true", help="accepted; DDP and FSDP2 always overlap")
+    a("--overlap-param-gather", action="store_true", help="accepted; FSDP2 always prefetches")
+    return p
+
+
+def _positive(value: int | float | None, flag: str, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{flag} must be {'>= 0' if allow_zero else '> 0'}, found {value}")
+
+
+def _check_flags(ns: argparse.Namespace, model: ModelConfig) -> str:
+    """Validate flag values and cross-checks; return the parallel strategy."""
+    for flag in ("micro_batch_size", "global_batch_size", "train_iters", "save_interval", "log_interval",
+                 "keep_checkpoints", "exit_interval", "lr_decay_iters", "distributed_timeout_minutes"):
+        _positive(getattr(ns, flag), "--" + flag.replace("_", "-"))
+    for flag in ("lr", "min_lr", "lr_warmup_iters", "weight_decay", "clip_grad", "num_workers"):
+        _positive(getattr(ns, flag), "--" + flag.replace("_", "-"), allow_zero=True)
+    if ns.lr == 0:
+        raise UserError("--lr must be > 0")
+    if ns.min_lr > ns.lr:
+        raise UserError(f"--min-lr {ns.min_lr} is above --lr {ns.lr}")
+    decay = ns.lr_decay_iters or ns.train_iters
+    if ns.lr_warmup_iters > decay:
+        raise UserError(f"--lr-warmup-iters {ns.lr_warmup_iters} exceeds --lr-decay-iters {decay}")
+    for flag in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
+        if getattr(ns, flag) != 1:
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(ns, flag)}: only 1 is supported (Whisper "
+                            "trains data-parallel; use --parallel fsdp to shard large-v3)")
+    checks = (("seq_length", "max_target_positions"), ("max_position_embeddings", "max_source_positions"))
+    for flag, key in checks:
+        value = getattr(ns, flag)
+        if value is not None and value != model.fields[key]:
+            raise UserError(f"--{flag.replace('_', '-')} {value} contradicts model.json {key} "
+                            f"{model.fields[key]}: drop the flag or make them equal")
+    if ns.use_distributed_optimizer and ns.parallel == "ddp":
+        raise UserError("--use-distributed-optimizer contradicts --parallel ddp: drop one (the distributed "
+                        "optimizer is --parallel fsdp here)")
+    return ns.parallel or ("fsdp" if ns.use_distributed_optimizer else "ddp")
+
+
+def parse_args(argv: list[str] | None = None, *, check_files: bool = True) -> TrainerConfig:
+    """Build the TrainerConfig from argv and the two JSON files. ``check_files`` also checks the processor."""
+    ns = build_parser().parse_args(argv)
+    model = load_model_json(ns.mm_model)
+    data = load_data_json(ns.mm_data)
+    strategy = _check_flags(ns, model)
+    if check_files:
+        check_processor(model, data)
+    training = TrainingConfig(
+        micro_batch_size=ns.micro_batch_size, global_batch_size=ns.global_batch_size,
+        train_iters=ns.train_iters, lr=ns.lr, min_lr=ns.min_lr, lr_warmup_iters=ns.lr_warmup_iters,
+        lr_decay_iters=ns.lr_decay_iters, lr_decay_style=ns.lr_decay_style, weight_decay=ns.weight_decay,
+        adam_beta1=ns.adam_beta1, adam_beta2=ns.adam_beta2, adam_eps=ns.adam_eps, clip_grad=ns.clip_grad,
+        bf16=ns.bf16, seed=ns.seed, num_workers=ns.num_workers, split=ns.split, exit_interval=ns.exit_interval,
+        max_label_tokens=int(model.fields["max_target_positions"]),
+    )
+    save = str(Path(ns.save))
+    metrics_file = ns.metrics_file or str(Path(save).absolute().parent / "metrics.jsonl")
+    return TrainerConfig(
+        model=model, data=data, training=training,
+        parallel=ParallelConfig(strategy=strategy, device=ns.device, timeout_minutes=ns.distributed_timeout_minutes),
+        checkpoint=CheckpointConfig(save=save, load=ns.load or save, save_interval=ns.save_interval,
+                                    keep=ns.keep_checkpoints, no_load_optim=ns.no_load_optim,
+                                    no_load_rng=ns.no_load_rng),
+        metrics=MetricsConfig(log_interval=ns.log_interval, metrics_file=metrics_file,
+                              tensorboard_dir=ns.tensorboard_dir),
+    )

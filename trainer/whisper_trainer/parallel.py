@@ -1,0 +1,224 @@
+"""Devices, the process group, and the data-parallel wrappers (DDP, FSDP2) with bf16 mixed precision.
+
+One code path for Ascend NPU (torch_npu + HCCL), NVIDIA GPU (NCCL) and CPU (gloo). ``torch_npu`` is imported
+only when present, so the same image and tests run where it is not. Works under ``torchrun`` (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT in the environment) and as a plain single process (world 1, no
+process group), which is how unit tests and quick local runs use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from whisper_k8s.errors import UserError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits: global rank, world size, local rank, node rank, and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    node_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def initialized(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+
+def _npu_available() -> bool:
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    import torch_npu  # noqa: F401  (registers the "npu" device with torch)
+
+    return hasattr(torch, "npu") and torch.npu.is_available()
+
+
+def pick_device_type(requested: str) -> str:
+    """``auto`` prefers NPU, then CUDA, then CPU. An explicit choice that is not there is an error."""
+    available = {"npu": _npu_available, "cuda": torch.cuda.is_available, "cpu": lambda: True}
+    if requested == "auto":
+        return next(kind for kind in ("npu", "cuda", "cpu") if available[kind]())
+    if requested not in available:
+        raise UserError(f"--device {requested}: choose auto, npu, cuda or cpu")
+    if not available[requested]():
+        raise UserError(f"--device {requested}: no {requested} device is visible to this process "
+                        "(check the container's device resources, or use --device auto)")
+    return requested
+
+
+def _env_int(*names: str, default: int = 0) -> int:
+    for name in names:
+        if os.environ.get(name, "").strip().lstrip("-").isdigit():
+            return int(os.environ[name])
+    return default
+
+
+def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistEnv:
+    """Join the process group torchrun described, or run as a single process when there is none.
+
+    Under the training operator RANK in the pod is the node rank, but torchrun (driven by the PET_*
+    variables) sets RANK to the global process rank for its child, which is what is read here. The node rank
+    is read from GROUP_RANK (torchrun) or PET_NODE_RANK for the log only.
+    """
+    kind = pick_device_type(device)
+    world_size = _env_int("WORLD_SIZE", default=1)
+    rank = _env_int("RANK", default=0)
+    local_rank = _env_int("LOCAL_RANK", default=0)
+    node_rank = _env_int("GROUP_RANK", "PET_NODE_RANK", "NODE_RANK", default=0)
+    if kind == "cpu":
+        dev = torch.device("cpu")
+    else:
+        dev = torch.device(kind, local_rank)
+        getattr(torch, kind).set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if name not in os.environ:
+                raise UserError(f"WORLD_SIZE={world_size} but {name} is not set: launch with torchrun")
+        dist.init_process_group(
+            backend=BACKENDS[kind], rank=rank, world_size=world_size,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+            device_id=dev if kind != "cpu" else None,
+        )
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, node_rank=node_rank, device=dev)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.initialized:
+        dist.barrier()
+
+
+def any_rank(env: DistEnv, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (all ranks stop at the same step)."""
+    if not env.initialized:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def mean_over_ranks(env: DistEnv, values: list[float]) -> list[float]:
+    if not env.initialized:
+        return values
+    t = torch.tensor(values, dtype=torch.float64 if env.device.type == "cpu" else torch.float32,
+                     device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [v / env.world_size for v in t.tolist()]
+
+
+def broadcast_object(env: DistEnv, obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not env.initialized:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=env.device if env.device.type != "cpu" else None)
+    return box[0]
+
+
+def all_gather_objects(env: DistEnv, obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not env.initialized:
+        return [obj]
+    out: list = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Encoder and decoder layers of a Hugging Face Whisper model: the units FSDP2 shards one by one."""
+    inner = model.model
+    return list(inner.encoder.layers) + list(inner.decoder.layers)
+
+
+def wrap_model(model: torch.nn.Module, env: DistEnv, strategy: str, bf16: bool) -> torch.nn.Module:
+    """DDP, or FSDP2 (``fully_shard`` per encoder/decoder layer, then the root) for sharded state.
+
+    With one process neither applies: the model is returned as is (same numerics, no communication).
+    """
+    model.to(env.device)
+    if not env.initialized:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [env.device.index] if env.device.type != "cpu" else None
+        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+        kwargs = {"mp_policy": mp} if mp else {}
+        for layer in transformer_layers(model):
+            fully_shard(layer, **kwargs)
+        fully_shard(model, **kwargs)
+        return model
+    raise UserError(f"--parallel {strategy}: choose ddp or fsdp")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on the non-final micro steps of an accumulated iteration."""
+    if enabled:
+        yield
+        return
+    if hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def autocast(device: torch.device, bf16: bool, strategy: str):
+    """bf16 autocast for DDP/single process; FSDP2 casts parameters itself through its policy."""
+    if not bf16 or strategy == "fsdp":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
+    """Clip (unless ``max_norm`` is 0) and return the total gradient norm, also for FSDP2's DTensors."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so iteration times measure the work and not the launch."""
+    if device.type in ("cuda", "npu"):
+        getattr(torch, device.type).synchronize(device)
