@@ -93,6 +93,8 @@ def test_clips_are_48k_mono_speech_of_sane_length(cv_dataset):
 def test_sentences_and_voices_vary(cv_dataset):
     rows = cv.read_transcript(cv.transcript_path(cv_dataset, "en", "train"))
     assert len({r["sentence"] for r in rows}) >= 12
+    test_rows = cv.read_transcript(cv.transcript_path(cv_dataset, "en", "test"))
+    assert not {r["sentence"] for r in rows} & {r["sentence"] for r in test_rows}  # as in CV: one split each
     assert len({r["client_id"] for r in rows}) >= 4  # one client_id per synthetic voice
     assert {r["gender"] for r in rows} == {"male", "female"}
     durations = [len(decode_mp3(d)[0]) for d in all_member_bytes(cv_dataset, "en", "train").values()]

@@ -56,6 +56,10 @@ def speeds_for(voice: Voice) -> tuple:
     return FLITE_STRETCHES if voice.engine == "flite" else ESPEAK_SPEEDS
 
 
+def slowest_speed(voice: Voice):
+    return max(FLITE_STRETCHES) if voice.engine == "flite" else min(ESPEAK_SPEEDS)
+
+
 def check_engines(voices) -> None:
     for engine in sorted({v.engine for v in voices}):
         if shutil.which(engine) is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
@@ -24,7 +25,15 @@ from pathlib import Path
 from whisper_k8s.atomic_dir import atomic_directory
 from whisper_k8s.dataset import common_voice_layout as cv
 from whisper_k8s.dataset.sentences import SENTENCE_TEMPLATES, deal_sentences, long_paragraph
-from whisper_k8s.dataset.speech import VOICES, Voice, check_engines, speak, speeds_for, to_common_voice_mp3
+from whisper_k8s.dataset.speech import (
+    VOICES,
+    Voice,
+    check_engines,
+    slowest_speed,
+    speak,
+    speeds_for,
+    to_common_voice_mp3,
+)
 from whisper_k8s.errors import UserError
 
 # What each broken kind writes (all land in the train split, after the good clips).
@@ -171,9 +180,12 @@ def _plan_language(lang: str, counts: dict[str, int], kinds: list[str], seed: in
     rng = random.Random(f"whisper-k8s-synth:{seed}:{lang}")
     wanted = {split: n + (len(kinds) if split == "train" else 0) for split, n in counts.items()}
     ids = iter(rng.sample(range(10_000_000, 40_000_000), sum(wanted.values())))
+    # One deal for all splits: like Common Voice, a sentence lands in one split only (until the word lists
+    # run out), so the test split measures transcription of new sentences made of known words.
+    sentences = iter(deal_sentences(lang, sum(counts.values()), random.Random(f"{seed}:{lang}:sentences")))
     clips = []
     for split, n in counts.items():
-        for sentence in deal_sentences(lang, n, random.Random(f"{seed}:{lang}:{split}:sentences")):
+        for sentence in itertools.islice(sentences, n):
             voice = rng.choice(VOICES[lang])
             clips.append(Clip(lang, split, next(ids), sentence, voice, rng.choice(speeds_for(voice))))
     for kind in kinds:
@@ -182,14 +194,10 @@ def _plan_language(lang: str, counts: dict[str, int], kinds: list[str], seed: in
         clip = Clip(lang, "train", next(ids), sentence, voice, rng.choice(speeds_for(voice)), broken=kind)
         if kind == "too_long":
             clip.voice = VOICES[lang][0]
-            clip.speed = max(speeds_for(clip.voice), key=_slowness)
+            clip.speed = slowest_speed(clip.voice)
             clip.sentence = long_paragraph(lang, rng, sentences=12)
         clips.append(clip)
     return clips
-
-
-def _slowness(speed) -> float:
-    return float(speed) if isinstance(speed, float) else -float(speed)
 
 
 def _render_audio(clips: list[Clip]) -> None:
