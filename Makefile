@@ -75,5 +75,24 @@ bench: setup  ## run the benchmarks (bench/results/*.json)
 	$(PY) bench/convert.py
 	$(PY) bench/train_throughput.py
 
+IMAGE_REF   = $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT)
+# Extra build arguments, e.g. BUILD_ARGS="--build-arg CANN_BASE=registry.example/cann:8.2.rc1-910b-ubuntu22.04-py3.10"
+BUILD_ARGS ?=
+
+image:  ## build the $(VARIANT) image (cpu, nvidia, ascend) for this machine as $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT); uses ./wheelhouse when it holds wheels
+	@test -f docker/Dockerfile.$(VARIANT) || { echo "image: VARIANT must be cpu, nvidia or ascend (no docker/Dockerfile.$(VARIANT))"; exit 2; }
+	mkdir -p wheelhouse
+	$(CONTAINER_ENGINE) build -f docker/Dockerfile.$(VARIANT) -t $(IMAGE_REF) $(BUILD_ARGS) .
+
+push:  ## build the $(VARIANT) image for $(PLATFORMS) and push it (docker: buildx; podman: a manifest list)
+	@test -f docker/Dockerfile.$(VARIANT) || { echo "push: VARIANT must be cpu, nvidia or ascend (no docker/Dockerfile.$(VARIANT))"; exit 2; }
+	mkdir -p wheelhouse
+ifeq ($(notdir $(CONTAINER_ENGINE)),podman)
+	$(CONTAINER_ENGINE) build --platform $(PLATFORMS) --manifest $(IMAGE_REF) -f docker/Dockerfile.$(VARIANT) $(BUILD_ARGS) .
+	$(CONTAINER_ENGINE) manifest push --all $(IMAGE_REF) docker://$(IMAGE_REF)
+else
+	$(CONTAINER_ENGINE) buildx build --platform $(PLATFORMS) -f docker/Dockerfile.$(VARIANT) -t $(IMAGE_REF) $(BUILD_ARGS) --push .
+endif
+
 clean:  ## remove the virtual environment and tools (keeps runs/)
 	rm -rf $(VENV) $(TOOLS)
