@@ -522,7 +522,7 @@ class KubernetesScheduler(Scheduler):
         return [self._replica(operator, pod) for pod in self._pods(operator, name).get("items", [])]
 
     def _watch_replicas(self, operator: PyTorchJobOperator, name: str) -> Iterator[list[ReplicaRef]]:
-        """Snapshots of the job's pods from list + watch, until the job ends and its containers stopped."""
+        """Snapshots of the job's pods from list + watch, until the job has ended (or is gone)."""
         while True:
             listing = self._pods(operator, name)
             pods = {p["metadata"]["name"]: p for p in listing.get("items", [])}
@@ -533,9 +533,14 @@ class KubernetesScheduler(Scheduler):
                 else:
                     pods[pod["metadata"]["name"]] = pod
                 yield [self._replica(operator, p) for p in pods.values()]
-            job = self._get_job(operator, name)
-            if job is None or operator.state(self._conditions(job)) in JobState.TERMINAL:
+                if pods and all(p.get("status", {}).get("phase") in ("Succeeded", "Failed") for p in pods.values()):
+                    break  # every pod has stopped: ask the job whether that was the end
+            if self._job_ended(operator, name):
                 return
+
+    def _job_ended(self, operator: PyTorchJobOperator, name: str) -> bool:
+        job = self._get_job(operator, name)
+        return job is None or operator.state(self._conditions(job)) in JobState.TERMINAL
 
     def _pod_events(self, operator: PyTorchJobOperator, name: str,
                     resource_version: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -559,22 +564,18 @@ class KubernetesScheduler(Scheduler):
         from kubernetes.client.exceptions import ApiException
 
         kwargs: dict[str, Any] = {"container": operator.container, "timestamps": True,
-                                  "_preload_content": False}
+                                  "_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
         if follow:
             kwargs["follow"] = True
             kwargs["_request_timeout"] = None  # a quiet trainer must not end the follow
         if since is not None:
             kwargs["since_seconds"] = max(1, int(since))
         try:
-            response = self._call(_Access("", "pods/log", "get", replica.name),
-                                  self._core().read_namespaced_pod_log, replica.name, self.namespace, **kwargs)
-        except ClusterError as err:
-            if "forbidden" in str(err) or "401" in str(err):
-                raise
-            yield None, f"(no log: {err})"
-            return
-        except ApiException as err:  # pragma: no cover - _call maps these
-            yield None, f"(no log: {err.reason})"
+            response = self._core().read_namespaced_pod_log(replica.name, self.namespace, **kwargs)
+        except ApiException as err:
+            if err.status in (401, 403):
+                raise self._explain(err, _Access("", "pods/log", "get", replica.name)) from None
+            yield None, f"(no log: {err.status} {err.reason}: {_api_message(err.body)})"
             return
         try:
             for raw in response:
