@@ -5,8 +5,9 @@ order, then the trainer container, each as argv + env + working directory. How a
 
 * **Volumes** become local folders: ``hostPath`` -> that path; ``persistentVolumeClaim`` ->
   ``<job>/volumes/<claimName>`` (one folder per claim, shared by every replica, like a ReadWriteMany
-  volume); ``emptyDir`` -> ``<job>/volumes/<pod>/<volume>`` (one per pod), except memory-backed ones
-  mounted at ``/dev/shm``, which stay the host's ``/dev/shm``; ``configMap`` -> ``<job>/volumes/configmap-
+  volume); ``emptyDir`` -> ``<job>/volumes/<pod>/<volume>`` (one per pod), except scratch mounts at
+  ``/dev/shm`` and ``/tmp`` (there only because the pod's root filesystem is read-only), which stay the
+  host's own, so host paths under /tmp given in values keep working; ``configMap`` -> ``<job>/volumes/configmap-
   <name>`` holding the ConfigMap's files. ``subPath`` mounts map to the sub-folder.
 * **Paths**: every occurrence of a mount path (``/outputs``, ``/config/model.json``...) in a container's
   command, args, env values and working directory, and in the ConfigMap's file contents, is rewritten to
@@ -38,7 +39,7 @@ PORT_PLACEHOLDER = "{local-master-port}"
 DEFAULT_GRACE_SECONDS = 30
 # Used when the job sets no runPolicy.backoffLimit (the operator would then restart forever).
 DEFAULT_LOCAL_BACKOFF = 3
-_HOST_MOUNTS = ("/dev/shm",)
+_HOST_MOUNTS = ("/dev/shm", "/tmp")
 _VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
 
