@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _subcommand_modules():
-        examples = getattr(module, "EXAMPLES", "").strip()
+        examples = getattr(module, "EXAMPLES", "").strip("\n")
         child = sub.add_parser(
             module.NAME,
             help=module.HELP,
