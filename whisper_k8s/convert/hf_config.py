@@ -9,6 +9,7 @@ model pretrained here.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -185,7 +186,7 @@ def build_generation_config(model_config: Mapping, processor_dir: str | os.PathL
     variant = VARIANT_BY_VOCAB.get(int(config.get("vocab_size", 0)))
     if variant is None:
         return fields
-    from whisper_k8s.assets.processor import lang_to_id, special_ids, token_ids
+    from whisper_k8s.assets.processor import lang_to_id, special_ids
 
     ids = special_ids(variant)
     fields.update({
@@ -203,16 +204,23 @@ def build_generation_config(model_config: Mapping, processor_dir: str | os.PathL
         "return_timestamps": False,
     })
     try:
-        tokenizer = _tokenizer(variant, Path(processor_dir) if processor_dir else None)
+        fields["suppress_tokens"] = _suppress_tokens(variant, str(processor_dir) if processor_dir else None)
     except (UserError, OSError) as err:
         log.warning("generation_config.json: no suppress_tokens (no tokenizer available: %s)", err)
-        return fields
-    # Whisper also never samples these control tokens mid-text.
+    return fields
+
+
+@functools.lru_cache(maxsize=8)
+def _suppress_tokens(variant: str, processor_dir: str | None) -> list[int]:
+    """Non-speech symbols plus the control tokens Whisper never samples mid-text (cached: building the
+    tokenizer takes a second or two)."""
+    from whisper_k8s.assets.processor import token_ids
+
+    tokenizer = _tokenizer(variant, Path(processor_dir) if processor_dir else None)
     control = token_ids(variant)
     specials = {control[t] for t in ("<|startoftranscript|>", "<|translate|>", "<|transcribe|>",
                                      "<|startoflm|>", "<|startofprev|>", "<|nospeech|>")}
-    fields["suppress_tokens"] = sorted(set(_non_speech_tokens(tokenizer)) | specials)
-    return fields
+    return sorted(set(_non_speech_tokens(tokenizer)) | specials)
 
 
 def write_hf_configs(folder: Path, model_config: Mapping, *, tie_word_embeddings: bool, dtype: str | None,

@@ -30,6 +30,8 @@ from whisper_k8s.formats.mindspeed import LM_HEAD, TIED_EMBEDDING
 
 WEIGHTS = "model.safetensors"
 # Files of a processor folder that describe a model, not a processor: never copied over ours.
+_FEATURE_EXTRACTOR_FILES = ("preprocessor_config.json", "processor_config.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 _NOT_PROCESSOR_FILES = ("config.json", "generation_config.json", WEIGHTS, marker.MARKER_NAME)
 
 
@@ -81,8 +83,10 @@ def convert_mm_to_hf(
 
 
 def _processor_files(folder: Path) -> list[Path]:
-    if not (folder / "preprocessor_config.json").is_file():
-        raise UserError(f"--processor {folder}: not a Whisper processor folder (no preprocessor_config.json); "
+    has = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if not has & set(_FEATURE_EXTRACTOR_FILES) or not has & set(_TOKENIZER_FILES):
+        raise UserError(f"--processor {folder}: not a Whisper processor folder (needs one of "
+                        f"{', '.join(_FEATURE_EXTRACTOR_FILES)} and one of {', '.join(_TOKENIZER_FILES)}); "
                         "write one with `python -m whisper_k8s assets processor`")
     return [p for p in sorted(folder.iterdir()) if p.is_file() and p.name not in _NOT_PROCESSOR_FILES]
 
