@@ -130,7 +130,7 @@ def test_trainer_flags_follow_values():
                 "--parallel": "fsdp", "--metrics-file": "/outputs/metrics.jsonl", "--split": "validated",
                 "--foo": "bar"}
     assert {k: flags[k] for k in expected} == expected
-    assert "--bf16" not in args and "--clip-grad" not in args
+    assert "--bf16" not in args and args[args.index("--clip-grad") + 1] == "0"  # null: clipping off
     assert all(isinstance(a, str) for a in args)
 
 
@@ -353,7 +353,7 @@ def test_security_review_of_every_pod_spec():
     """No privileged containers, no host namespaces unless asked, every capability dropped, non-root."""
     scenarios = [{}, {"accelerator": {"type": "ascend", "hostDriver": {"enabled": True}}},
                  {"accelerator": {"type": "nvidia"}, "model": {"pretrained": {"enabled": True}}},
-                 {"accelerator": {"type": "cpu"}, "engine": "mindspeed-mm"},
+                 {"accelerator": {"type": "cpu"}}, {"accelerator": {"type": "nvidia"}, "engine": "mindspeed-mm"},
                  {"image": {"pullSecrets": ["regcred"]}, "extraEnvFrom": [{"secretRef": {"name": "s3"}}]}]
     for values in scenarios:
         for spec in all_pod_specs(render(values)):
@@ -388,3 +388,42 @@ def test_render_errors_name_the_problem(monkeypatch, tmp_path):
     monkeypatch.setenv(chart.CHART_ENV, str(tmp_path))
     with pytest.raises(UserError, match="Chart.yaml missing"):
         chart.chart_dir()
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"accelerator": {"type": "cpu"}, "model": {"preset": "tiny"}, "training": {"bf16": False, "clipGrad": None}},
+    {"accelerator": {"type": "nvidia", "perNode": 4}, "training": {"parallel": "fsdp", "globalBatchSize": 64,
+     "microBatchSize": 2, "decayStyle": "cosine", "warmupIters": 10, "minLr": 1.0e-6}},
+])
+def test_rendered_command_and_config_parse_with_the_trainer(values, tmp_path):
+    """The chart's trainer flags, model.json and data.json are accepted by the real trainer's parser."""
+    pytest.importorskip("torch")
+    from whisper_trainer.config import parse_args
+
+    documents = render(values)
+    for name, text in the(documents, "ConfigMap")["data"].items():
+        (tmp_path / name).write_text(text)
+    args = main_container(the(documents, "PyTorchJob"))["args"]
+    assert args[:3] == ["torchrun", "-m", "whisper_trainer"]
+    argv = [str(tmp_path / a[len("/config/"):]) if a.startswith("/config/") else a for a in args[3:]]
+    config = parse_args(argv, check_files=False)
+    training = {**chart.default_values()["training"], **values.get("training", {})}
+    assert config.training.micro_batch_size == training["microBatchSize"]
+    assert config.training.bf16 is training["bf16"]
+    assert config.parallel.strategy == training["parallel"]
+    assert config.checkpoint.save == config.checkpoint.load == "/outputs/checkpoints"
+    assert config.metrics.metrics_file == "/outputs/metrics.jsonl"
+    per_node = int(the(documents, "PyTorchJob")["spec"]["nprocPerNode"])
+    world = chart.default_values()["nodes"] * per_node
+    assert config.global_batch_size(world) == (training["globalBatchSize"] or training["microBatchSize"] * world)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"training": {"globalBatchSize": 100}}, "training.globalBatchSize 100 must be a multiple of .* = 128"),
+    ({"engine": "mindspeed-mm", "accelerator": {"type": "cpu"}}, "engine mindspeed-mm needs accelerator.type"),
+    ({"engine": "mindspeed-mm", "training": {"parallel": "fsdp"}}, "training.parallel fsdp is for engine native"),
+])
+def test_cross_field_checks_fail_at_template_time(values, message):
+    with pytest.raises(UserError, match=message):
+        render(values)

@@ -128,3 +128,22 @@ app.kubernetes.io/part-of: whisper-k8s
     "collate_param" (dict "model_name" "whisper" "processor_name_or_path" $processor "language" $d.whisperLanguage "task" $d.task)) }}
 {{- toPrettyJson $data }}
 {{- end }}
+
+{{/*
+Checks across fields that values.schema.json cannot express; every job template includes it first, so a bad
+combination fails at `helm template` time naming the fields.
+*/}}
+{{- define "whisper.validate" -}}
+{{- $t := .Values.training }}
+{{- $world := mul (int64 .Values.nodes) (int64 (include "whisper.perNode" .)) }}
+{{- $step := mul (int64 $t.microBatchSize) $world }}
+{{- if and $t.globalBatchSize (ne 0 (int64 (mod (int64 $t.globalBatchSize) $step))) }}
+{{- fail (printf "training.globalBatchSize %d must be a multiple of training.microBatchSize x nodes x accelerator.perNode = %d" (int64 $t.globalBatchSize) $step) }}
+{{- end }}
+{{- if and (eq .Values.engine "mindspeed-mm") (eq .Values.accelerator.type "cpu") }}
+{{- fail "engine mindspeed-mm needs accelerator.type ascend or nvidia (MindSpeed-MM does not train on CPU); use engine native" }}
+{{- end }}
+{{- if and (eq .Values.engine "mindspeed-mm") (eq $t.parallel "fsdp") }}
+{{- fail "training.parallel fsdp is for engine native; engine mindspeed-mm always uses Megatron's distributed optimizer" }}
+{{- end }}
+{{- end }}

@@ -60,10 +60,8 @@ exec "$@"
 - {{ int64 $t.trainIters | quote }}
 - --weight-decay
 - {{ $t.weightDecay | toString | quote }}
-{{- if $t.clipGrad }}
 - --clip-grad
-- {{ $t.clipGrad | toString | quote }}
-{{- end }}
+- {{ default 0 $t.clipGrad | toString | quote }}
 {{- if $t.bf16 }}
 - --bf16
 {{- end }}
