@@ -79,7 +79,7 @@ DUMP_ENV = """
     keep = {k: v for k, v in os.environ.items() if k.startswith(("PET_", "MASTER_")) or k in
             ("PYTHONUNBUFFERED", "WORLD_SIZE", "RANK", "HOME", "WHISPER_DIST_BACKEND")}
     keep["model.json"] = json.load(open("/config/model.json"))["d_model"]
-    keep["data.json"] = open("/config/data.json").read()
+    keep["data.json"] = json.load(open("/config/data.json"))["dataset_param"]
     json.dump(keep, open(f"/outputs/env-{rank}.json", "w"))
     print("dumped", rank)
 """
@@ -108,7 +108,9 @@ def test_each_replica_gets_the_operator_env(scheduler, dataset, tmp_path):
         assert seen["WHISPER_DIST_BACKEND"] == "gloo"
         assert Path(seen["HOME"]).is_dir() and str(tmp_path) in seen["HOME"]
         assert seen["model.json"] == 64
-        assert str(dataset) in seen["data.json"] and str(outputs) + "/processor" not in seen["data.json"]
+        # the ConfigMap's /data became the hostPath folder; host paths under /tmp are left alone
+        assert seen["data.json"]["basic_parameters"]["dataset_name_or_path"] == str(dataset)
+        assert seen["data.json"]["preprocess_parameters"]["processor_name_or_path"] == str(dataset)
     assert len(ports) == 1 and ports != {"29501"}
     assert [p.name for p in status.pods] == ["envjob-master-0", "envjob-worker-0"]
 

@@ -1,0 +1,102 @@
+"""collect: checkpoint choice, metrics report, and the whole path chart -> local pods -> trainer -> HF folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from whisper_k8s.collect import latest_complete_iteration
+from whisper_k8s.errors import UserError
+from whisper_k8s.formats import megatron
+from whisper_k8s.report import summarize, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def save_iteration(root: Path, iteration: int) -> Path:
+    import torch
+
+    path = megatron.model_file(megatron.iteration_dir(root, iteration))
+    megatron.save_file({"model": {"w": torch.full((2,), float(iteration))}, "iteration": iteration}, path)
+    return path
+
+
+def test_latest_complete_checkpoint_skips_damaged_and_unannounced(tmp_path):
+    root = tmp_path / "checkpoints"
+    save_iteration(root, 2)
+    save_iteration(root, 4).write_bytes(b"torn write")  # damaged: falls back to 2
+    save_iteration(root, 6)  # beyond the tracker: may still be in the making
+    megatron.write_tracker(root, 4)
+    assert latest_complete_iteration(root) == 2
+    megatron.write_tracker(root, 6)
+    assert latest_complete_iteration(root) == 6
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        latest_complete_iteration(tmp_path / "empty")
+
+
+def test_report_summarizes_metrics_of_a_restarted_run(tmp_path):
+    rows = [{"iteration": i, "loss": loss, "samples_per_second": sps, "skipped_samples": skipped}
+            for i, loss, sps, skipped in [(1, 9.0, 1.0, {}), (2, 8.0, 3.0, {}), (3, 7.5, 3.0, {"corrupt_mp3": 1}),
+                                          (3, 7.0, 5.0, {"corrupt_mp3": 1}), (4, 6.0, 5.0, {"corrupt_mp3": 2})]]
+    lines = [json.dumps(r) for r in rows] + ['{"summary": {"average_samples_per_second": 4.5}}', '{"iterat']
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(lines))
+    summary = summarize(metrics)
+    assert (summary.iterations, summary.first_loss, summary.last_loss, summary.min_loss) == (4, 9.0, 6.0, 6.0)
+    assert summary.curve == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0)]  # the resumed run's iteration 3
+    assert summary.samples_per_second == 4.5 and summary.skipped == {"corrupt_mp3": 2}
+    assert summary.repeated_iterations == 1
+    write_report(tmp_path, job="demo", state="Succeeded", checkpoint="iteration 4", metrics=metrics)
+    report = (tmp_path / "report.md").read_text()
+    assert "iterations: 4" in report and "first 9.0000, last 6.0000" in report and "corrupt_mp3 2" in report
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*args, env, timeout=240):
+    return subprocess.run([sys.executable, "-m", "whisper_k8s", *args], capture_output=True, text=True,
+                          cwd=env["WORK"], env=env, timeout=timeout)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_local_two_node_job_trains_and_collects_a_loadable_model(tmp_path, cv_dataset, processor_dir):
+    """submit --local --nodes 2 --follow -> both ranks log -> Succeeded -> collect -> from_pretrained."""
+    env = dict(os.environ, WHISPER_K8S_STATE=str(tmp_path / "state"), WORK=str(tmp_path))
+    values = tmp_path / "tiny.yaml"
+    values.write_text(json.dumps({
+        "model": {"preset": "tiny"},
+        "data": {"language": "en", "whisperLanguage": "English", "processor": str(processor_dir)},
+        "training": {"trainIters": 2, "microBatchSize": 2, "numWorkers": 0, "bf16": False, "saveInterval": 1,
+                     "logInterval": 1},
+    }))
+    submitted = cli("submit", "--name", "e2e", "--local", "--nodes", "2", "--accelerator", "cpu",
+                    "--dataset", str(cv_dataset), "-f", str(values), "--values-out", str(tmp_path / "v.yaml"),
+                    "--follow", env=env)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "[master-0] " in submitted.stdout and "[worker-1] " in submitted.stdout
+    assert "iteration       2/2" in submitted.stdout and "job local://default/e2e Succeeded" in submitted.stderr
+
+    status = cli("status", "e2e", "--local", env=env)
+    assert "state Succeeded" in status.stdout and "e2e-worker-0" in status.stdout
+
+    collected = cli("collect", "e2e", "--local", "--to", str(tmp_path / "model"), env=env)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    model = WhisperForConditionalGeneration.from_pretrained(tmp_path / "model")
+    assert model.config.d_model == 64 and model.config.encoder_layers == 2
+    WhisperProcessor.from_pretrained(tmp_path / "model")
+    report = (tmp_path / "model" / "report.md").read_text()
+    assert "iterations: 2" in report and "checkpoint: iteration 2" in report
+    assert (tmp_path / "model" / "loss.png").is_file()
+
+    assert "e2e" in cli("list", "--local", env=env).stdout
+    deleted = cli("delete", "e2e", "--local", env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (tmp_path / "state" / "e2e").exists()
+    assert cli("status", "e2e", "--local", env=env).returncode == 2
