@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -427,3 +428,33 @@ def test_rendered_command_and_config_parse_with_the_trainer(values, tmp_path):
 def test_cross_field_checks_fail_at_template_time(values, message):
     with pytest.raises(UserError, match=message):
         render(values)
+
+
+def _leaf_paths(node, prefix=""):
+    """Dotted paths of the values' leaves (scalars, lists, and maps that are empty by default)."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaf_paths(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip(".")
+
+
+def test_every_value_is_documented_and_in_the_schema():
+    text = (CHART / "values.yaml").read_text()
+    documented = set(re.findall(r"^\s*## @param (\S+) \S", text, re.M))
+    leaves = set(_leaf_paths(chart.default_values()))
+    free_form = {"model.overrides", "accelerator.nodeSelector", "scheduling.affinity", "podAnnotations", "podLabels"}
+    assert leaves == documented, (leaves - documented, documented - leaves)
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def schema_node(path):
+        node = schema
+        for key in path.split("."):
+            node = node["properties"][key]
+        return node
+
+    for path in leaves:
+        node = schema_node(path)
+        if path not in free_form:
+            assert node.get("type") or node.get("enum"), path
+    assert chart.schema_errors({}) == []
