@@ -99,6 +99,14 @@ def test_encoding_matches_tiktoken_bpe_and_round_trips(tokenizer):
         assert tokenizer.decode(ids) == sentence
 
 
+def test_folder_has_the_files_hugging_face_repos_have(processor_dir):
+    config = json.loads((processor_dir / "tokenizer_config.json").read_text())
+    # transformers 4.x (MindSpeed-MM's stack) reads these two spellings; 5.x reads both.
+    assert config["additional_special_tokens"][:2] == ["<|endoftext|>", "<|startoftranscript|>"]
+    assert "extra_special_tokens" not in config
+    assert json.loads((processor_dir / "preprocessor_config.json").read_text())["feature_size"] == 128
+
+
 def test_english_spelling_normalizer_travels_with_the_folder(processor_dir, tokenizer):
     assert (processor_dir / "normalizer.json").is_file()
     assert tokenizer.normalize("The colour of the Theatre!") == "the color of the theater"
@@ -165,6 +173,26 @@ def test_english_only_variant_replaces_our_large_v3_folder(processor_dir, tmp_pa
     assert loaded.tokenizer(" hello world", add_special_tokens=False).input_ids == [23748, 995]
     assert loaded.tokenizer.convert_tokens_to_ids("<|startoftranscript|>") == 50257
     assert json.loads((out / proc.MARKER_FILE).read_text())["variant"] == "en"
+
+
+def test_features_from_a_synthetic_common_voice_clip(processor_dir, cv_dataset):
+    import tarfile
+
+    import soxr
+    from transformers import WhisperProcessor
+
+    from whisper_k8s.dataset import common_voice_layout as cv
+    from whisper_k8s.dataset.speech import decode_mp3
+
+    with tarfile.open(cv.shard_paths(cv_dataset, "en", "test")[0]) as tar:
+        first = tar.next()
+        samples, rate = decode_mp3(tar.extractfile(first).read())
+    processor = WhisperProcessor.from_pretrained(processor_dir)
+    audio = soxr.resample(samples, rate, 16_000)
+    features = processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="np").input_features
+    assert features.shape == (1, 128, 3000)  # large-v3: 128 mel bins x 30 s of 10 ms frames
+    voiced_frames = int(len(audio) / 160)
+    assert features[0, :, :voiced_frames].std() > features[0, :, voiced_frames + 50 :].std()
 
 
 def test_write_is_idempotent_and_refuses_foreign_folders(processor_dir, tmp_path):

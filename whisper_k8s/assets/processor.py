@@ -32,7 +32,7 @@ TASK_TOKENS = ("<|translate|>", "<|transcribe|>")
 CONTROL_TOKENS = ("<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>")
 TIMESTAMP_COUNT = 1501  # <|0.00|> .. <|30.00|> in 0.02 s steps
 MARKER_FILE = "whisper_k8s_assets.json"
-MARKER_LAYOUT = 2  # bump when the folder's content changes, so older folders of ours are rebuilt
+MARKER_LAYOUT = 3  # bump when the folder's content changes, so older folders of ours are rebuilt
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,20 @@ def _written_by_us(out_dir: Path) -> dict | None:
         return None
 
 
+def _also_readable_by_transformers_4(folder: Path, processor) -> None:
+    """Make the folder load with transformers 4.x too (MindSpeed-MM's stack), not only with the 5.x that wrote it.
+
+    4.x reads the feature extractor from ``preprocessor_config.json`` and expects the special-token list under
+    ``additional_special_tokens`` (its ``extra_special_tokens`` is a dict); 5.x accepts both spellings.
+    """
+    processor.feature_extractor.save_pretrained(folder)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def write_processor(out_dir: Path | str, variant: str = "large-v3", *, overwrite: bool = False) -> Path:
     """Write a folder that ``WhisperProcessor.from_pretrained(out_dir)`` loads with no network.
 
@@ -244,7 +258,9 @@ def write_processor(out_dir: Path | str, variant: str = "large-v3", *, overwrite
         return out_dir
     replace = overwrite or previous is not None
     with atomic_directory(out_dir, overwrite=replace, what="processor folder") as staging:
-        build_processor(variant).save_pretrained(staging)
+        processor = build_processor(variant)
+        processor.save_pretrained(staging)
+        _also_readable_by_transformers_4(staging, processor)
         # The tokenizer reloads the spelling map from here (English WER normalisation needs it).
         shutil.copyfile(english_spelling_file(), staging / "normalizer.json")
         (staging / MARKER_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
