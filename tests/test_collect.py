@@ -100,3 +100,93 @@ def test_local_two_node_job_trains_and_collects_a_loadable_model(tmp_path, cv_da
     assert deleted.returncode == 0, deleted.stderr
     assert not (tmp_path / "state" / "e2e").exists()
     assert cli("status", "e2e", "--local", env=env).returncode == 2
+
+
+# ------------------------------------------------------------------------------- Kubernetes: helper pod
+def rendered_job(name="whisper-hi"):
+    from whisper_k8s.chart import render
+
+    documents = render({"fullnameOverride": name, "nodes": 2, "accelerator": {"type": "cpu"}}, name)
+    return next(doc for doc in documents if doc["kind"] == "PyTorchJob")
+
+
+def test_helper_pod_mounts_the_jobs_outputs_read_only_like_its_master():
+    from whisper_k8s.backends.kubernetes_fetch import helper_pod
+
+    job = rendered_job()
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    pod = helper_pod(job)
+    assert pod["metadata"]["name"].startswith("whisper-hi-collect-")
+    assert pod["metadata"]["labels"]["whisper-k8s/collect-for"] == "whisper-hi"
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] > 0
+    assert container["image"] == master["containers"][0]["image"]
+    assert spec["securityContext"] == master["securityContext"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/outputs"]["readOnly"] and mounts["/config"]["readOnly"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts["/outputs"]["name"]]["persistentVolumeClaim"]["claimName"] == "whisper-hi-outputs"
+    assert volumes[mounts["/config"]["name"]]["configMap"]["name"] == "whisper-hi-config"
+
+
+def test_tar_from_the_pod_side_unpacks_to_the_local_layout(tmp_path):
+    """What the helper pod runs (write_outputs_tar) + what collect does with it == copy_outputs."""
+    from whisper_k8s.backends.kubernetes_fetch import safe_extract
+    from whisper_k8s.collect import copy_outputs, finish_fetch
+
+    outputs, config = tmp_path / "outputs", tmp_path / "config"
+    save_iteration(outputs / "checkpoints", 3)
+    save_iteration(outputs / "checkpoints", 5)
+    megatron.write_tracker(outputs / "checkpoints", 5)
+    (outputs / "metrics.jsonl").write_text('{"iteration": 1, "loss": 1.0}\n')
+    (outputs / "processor").mkdir()
+    (outputs / "processor" / "tokenizer.json").write_text("{}")
+    config.mkdir()
+    (config / "model.json").write_text("{}")
+    code = f"from whisper_k8s.collect import write_outputs_tar; write_outputs_tar({str(outputs)!r}, {str(config)!r})"
+    archive = tmp_path / "outputs.tar"
+    with open(archive, "wb") as out:
+        done = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, cwd=ROOT, check=True)
+    assert done.stderr.decode().split()[:2] == ["iteration", "5"]
+    safe_extract(archive, tmp_path / "remote")
+    finish_fetch(tmp_path / "remote", 5)
+    copy_outputs(outputs, tmp_path / "local", config=config)
+    listing = {d: sorted(str(p.relative_to(tmp_path / d)) for p in (tmp_path / d).rglob("*") if p.is_file())
+               for d in ("remote", "local")}
+    assert listing["remote"] == listing["local"]
+    assert "checkpoints/iter_0000005/mp_rank_00/model_optim_rng.pt" in listing["local"]
+    assert not any("iter_0000003" in p for p in listing["local"]) and "config/model.json" in listing["local"]
+
+
+def test_unsafe_tar_members_are_refused(tmp_path):
+    import io
+    import tarfile
+
+    from whisper_k8s.backends.kubernetes_fetch import safe_extract
+    from whisper_k8s.errors import ClusterError
+
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ClusterError, match="refusing tar member"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+@pytest.mark.cluster
+def test_collect_from_a_cluster_job(tmp_path):
+    """Needs KUBECONFIG and WHISPER_K8S_COLLECT_JOB naming a job that saved a checkpoint (PVC outputs)."""
+    job = os.environ.get("WHISPER_K8S_COLLECT_JOB")
+    if not job:
+        pytest.skip("set WHISPER_K8S_COLLECT_JOB to a job with a checkpoint in its outputs volume")
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_k8s.backends import get_scheduler
+    from whisper_k8s.collect import collect
+
+    namespace = os.environ.get("WHISPER_K8S_NAMESPACE", "default")
+    result = collect(get_scheduler("kubernetes", namespace=namespace), job, tmp_path / "model")
+    WhisperForConditionalGeneration.from_pretrained(result.folder)
+    assert (result.folder / "report.md").is_file()

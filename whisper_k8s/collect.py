@@ -81,31 +81,60 @@ def _copy_file(source: Path, target: Path, bar) -> None:
     partial.replace(target)
 
 
-def copy_outputs(outputs: Path, dest: Path, *, config: Path | None = None, quiet: bool = False) -> Path:
-    """Copy from an outputs folder what collect needs (see the module doc) into ``dest``; return ``dest``.
+def select_outputs(outputs: Path, config: Path | None = None) -> tuple[int | str, list[tuple[Path, str]]]:
+    """The chosen iteration and the files collect needs, as (source, path inside the fetched folder).
 
-    Used by the local backend directly; the Kubernetes backend produces the same layout from a tar stream.
+    The same selection runs on this machine (local backend) and inside the helper pod (Kubernetes).
     """
-    from tqdm import tqdm
-
     root = outputs / CHECKPOINTS
     iteration = latest_complete_iteration(root)
     model = megatron.model_file(megatron.iteration_dir(root, iteration))
-    files = [(model, dest / model.relative_to(outputs))]
-    files += [(outputs / METRICS, dest / METRICS)] if (outputs / METRICS).is_file() else []
+    files = [(model, str(model.relative_to(outputs)))]
+    files += [(outputs / METRICS, METRICS)] if (outputs / METRICS).is_file() else []
     if (outputs / PROCESSOR).is_dir():
-        files += [(f, dest / f.relative_to(outputs)) for f in sorted((outputs / PROCESSOR).rglob("*"))
-                  if f.is_file()]
+        files += [(f, str(f.relative_to(outputs))) for f in sorted((outputs / PROCESSOR).rglob("*")) if f.is_file()]
     if config is not None:
-        files += [(config / name, dest / CONFIG / name) for name in CONFIG_FILES if (config / name).is_file()]
-    total = sum(source.stat().st_size for source, _ in files)
-    with tqdm(total=total, desc="fetch outputs", unit="B", unit_scale=True, unit_divisor=1024,
-              file=sys.stderr, disable=quiet or not sys.stderr.isatty(), leave=False) as bar:
-        for source, target in files:
-            _copy_file(source, target, bar)
+        files += [(config / name, f"{CONFIG}/{name}") for name in CONFIG_FILES if (config / name).is_file()]
+    return iteration, files
+
+
+def transfer_bar(total: int | None, desc: str, quiet: bool = False):
+    """A byte-counting tqdm bar on stderr (hidden when stderr is not a terminal or ``quiet``)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                disable=quiet or not sys.stderr.isatty(), leave=False)
+
+
+def copy_outputs(outputs: Path, dest: Path, *, config: Path | None = None, quiet: bool = False) -> Path:
+    """Copy from an outputs folder what collect needs (see the module doc) into ``dest``; return ``dest``."""
+    iteration, files = select_outputs(outputs, config)
+    with transfer_bar(sum(source.stat().st_size for source, _ in files), "fetch outputs", quiet) as bar:
+        for source, relative in files:
+            _copy_file(source, dest / relative, bar)
+    finish_fetch(dest, iteration)
+    return dest
+
+
+def finish_fetch(dest: Path, iteration: int | str) -> None:
+    """Point the fetched checkpoints' tracker at the fetched iteration."""
     (dest / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     megatron.write_tracker(dest / CHECKPOINTS, iteration)
-    return dest
+
+
+def write_outputs_tar(outputs: str = "/outputs", config: str | None = "/config") -> None:
+    """Stream the selected files as an uncompressed tar to stdout (run inside the collect helper pod).
+
+    Writes ``iteration <N> bytes <total>`` on stderr first so the receiving side can show progress.
+    """
+    import tarfile
+
+    iteration, files = select_outputs(Path(outputs), Path(config) if config else None)
+    total = sum(source.stat().st_size for source, _ in files)
+    print(f"iteration {iteration} bytes {total}", file=sys.stderr, flush=True)
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
+        for source, relative in files:
+            tar.add(source, arcname=relative, recursive=False)
 
 
 # ---------------------------------------------------------------------------------------- inputs
