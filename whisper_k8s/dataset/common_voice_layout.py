@@ -20,6 +20,8 @@ from whisper_k8s.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# The header of Common Voice 8+ releases, CV 11 included ("accent" became "accents" in 8.0; Hugging Face's
+# loader renames it back to "accent" for its features). Readers need only "path" and "sentence".
 TSV_COLUMNS = (
     "client_id",
     "path",
@@ -28,7 +30,7 @@ TSV_COLUMNS = (
     "down_votes",
     "age",
     "gender",
-    "accent",
+    "accents",
     "locale",
     "segment",
 )

@@ -288,7 +288,7 @@ def _tsv_line(clip: Clip) -> bytes:
         "down_votes": 0,
         "age": ("twenties", "thirties", "fourties", "fifties")[int(speaker[:8], 16) % 4],
         "gender": clip.voice.gender,
-        "accent": "",
+        "accents": "",
         "locale": clip.lang,
         "segment": "",
     }
