@@ -10,7 +10,8 @@ Convention (checked against transformers): ``WhisperForConditionalGeneration.for
 <|notimestamps|> text``: exactly the prompt ``generate()`` forces, so the model learns to continue it. Keeping
 the start token in the labels would train on a doubled start token that inference never produces. The text is
 encoded as ``WhisperTokenizer(text)`` encodes it (no added leading space), so the labels equal the usual HF
-recipe's ``tokenizer(text).input_ids[1:]``.
+recipe's ``tokenizer(text).input_ids[1:]``. Batches carry no ``decoder_input_ids``: the model's own shift is the
+one source of them (its ``pad_token_id`` fills where labels hold -100; those positions carry no loss).
 """
 
 from __future__ import annotations
@@ -62,11 +63,6 @@ class LabelEncoder:
         if token_id is None:
             raise UserError(f"the processor's tokenizer has no {token} token: it is not a Whisper tokenizer")
         return token_id
-
-    @property
-    def pad_id(self) -> int:
-        """What shift_tokens_right puts where labels hold -100 (Whisper's pad_token_id is <|endoftext|>)."""
-        return self.end_id
 
     def language_id(self, locale: str) -> int:
         """Common Voice locale -> Whisper language token id: the full code, else its primary subtag.

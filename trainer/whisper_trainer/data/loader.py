@@ -29,8 +29,8 @@ class ResumableLoader:
     """Endless iterator of batch dicts for one rank; ``state_dict``/``load_state_dict`` resume it exactly.
 
     Call ``load_state_dict`` before iterating. Each batch: ``input_features`` FloatTensor[B, n_mels, 3000],
-    ``labels`` LongTensor[B, L] padded with -100, ``decoder_input_ids`` LongTensor[B, L] (labels shifted right
-    behind <|startoftranscript|>, as the model would derive them), ``num_samples`` B.
+    ``labels`` LongTensor[B, L] padded with -100 (no ``decoder_input_ids``: the model derives them by shifting
+    the labels right behind <|startoftranscript|>, see labels.py), ``num_samples`` B.
     """
 
     def __init__(self, catalog: Catalog, settings: StreamSettings, filters: np.ndarray, *, num_workers: int,

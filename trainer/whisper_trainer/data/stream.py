@@ -115,21 +115,13 @@ class SampleReader:
         self._descriptors.clear()
 
 
-def collate(waveforms, label_lists, log_mel: LogMel, start_id: int, pad_id: int) -> dict:
-    """Batch dict: features [B, n_mels, 3000], labels padded with -100, and the decoder inputs HF would derive."""
+def collate(waveforms, label_lists, log_mel: LogMel) -> dict:
+    """Batch dict: features [B, n_mels, 3000] and labels padded with -100 (the model shifts them itself)."""
     longest = max(len(labels) for labels in label_lists)
     labels = torch.full((len(label_lists), longest), IGNORE_INDEX, dtype=torch.long)
     for row, ids in enumerate(label_lists):
         labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    # shift_tokens_right, as WhisperForConditionalGeneration (and MindSpeed-MM) apply it to labels.
-    decoder_input_ids = torch.cat([torch.full((len(label_lists), 1), start_id), labels[:, :-1]], dim=1)
-    decoder_input_ids.masked_fill_(decoder_input_ids == IGNORE_INDEX, pad_id)
-    return {
-        "input_features": log_mel(waveforms),
-        "labels": labels,
-        "decoder_input_ids": decoder_input_ids,
-        "num_samples": len(label_lists),
-    }
+    return {"input_features": log_mel(waveforms), "labels": labels, "num_samples": len(label_lists)}
 
 
 def stream_batches(catalog: Catalog, settings: StreamSettings, filters: np.ndarray, stream: int, position: dict):
@@ -143,28 +135,31 @@ def stream_batches(catalog: Catalog, settings: StreamSettings, filters: np.ndarr
     reader = SampleReader(catalog, settings, skipped)
     log_mel = LogMel(filters)
     share = consumer_share(len(catalog), settings.seed, epoch, settings.shuffle, consumer, settings.consumers)
-    whole_epoch_seen, usable_in_epoch = cursor == 0, 0
+    # Spinning forever on a stream whose samples are all bad must not happen: a complete epoch without a usable
+    # sample, before this stream ever found one, is an error. (A later unlucky epoch of a tiny, partly bad
+    # dataset is not: the stream has seen good samples, so reshuffled epochs will bring them again.)
+    whole_epoch_seen, usable_seen = cursor == 0, 0
     waveforms, label_lists, paths = [], [], []
     try:
         while True:
             if cursor >= len(share):
-                if whole_epoch_seen and usable_in_epoch == 0:
+                if whole_epoch_seen and usable_seen == 0:
                     raise _nothing_usable(catalog, settings, stream, epoch, len(share), skipped)
                 epoch, cursor = epoch + 1, 0
                 share = consumer_share(len(catalog), settings.seed, epoch, settings.shuffle, consumer, settings.consumers)
-                whole_epoch_seen, usable_in_epoch = True, 0
+                whole_epoch_seen = True
                 continue
             index = int(share[cursor])
             cursor += 1
             sample = reader.read(index)
             if sample is None:
                 continue
-            usable_in_epoch += 1
+            usable_seen += 1
             waveforms.append(sample[0])
             label_lists.append(sample[1])
             paths.append(catalog.paths[index])
             if len(waveforms) == settings.micro_batch_size:
-                batch = collate(waveforms, label_lists, log_mel, reader.encoder.start_id, reader.encoder.pad_id)
+                batch = collate(waveforms, label_lists, log_mel)
                 if settings.return_paths:
                     batch["paths"] = paths
                 batch["_position"] = {"stream": stream, "epoch": epoch, "cursor": cursor, "skipped": dict(skipped)}
