@@ -129,7 +129,6 @@ def synthesize(
     with atomic_directory(out_dir, overwrite=overwrite, what="dataset") as staging:
         for code in langs:
             clips = _plan_language(code, counts, kinds, seed)
-            _render_audio(clips)
             _write_language(staging, code, clips, shard_size, result)
         (staging / cv.N_SHARDS_FILE).write_text(json.dumps(result.n_shards, indent=2) + "\n")
         manifest = {
@@ -201,12 +200,13 @@ def _plan_language(lang: str, counts: dict[str, int], kinds: list[str], seed: in
 
 
 def _render_audio(clips: list[Clip]) -> None:
+    """Speak and encode the clips two at a time: threads suffice, as the work happens in the TTS processes
+    and in libsndfile, which runs without the GIL."""
     with (
         tempfile.TemporaryDirectory(prefix="whisper-k8s-tts-") as workdir,
         ThreadPoolExecutor(POOL_SIZE) as pool,
     ):
-        todo = [c for c in clips if c.has_member]
-        for clip, audio in zip(todo, pool.map(lambda c: _clip_audio(c, Path(workdir)), todo), strict=True):
+        for clip, audio in zip(clips, pool.map(lambda c: _clip_audio(c, Path(workdir)), clips), strict=True):
             clip.audio = audio
 
 
@@ -224,11 +224,14 @@ def _clip_audio(clip: Clip, workdir: Path) -> bytes:
 def _too_long_audio(clip: Clip, workdir: Path) -> bytes:
     """Speech of a paragraph, lengthened sentence by sentence until it runs past 30 s."""
     extra = random.Random(clip.clip_id)
-    while True:
+    for _ in range(20):
         samples, rate = speak(clip.voice, clip.speed, clip.sentence, workdir, name=str(clip.clip_id))
         if len(samples) / rate > TOO_LONG_SECONDS:
             return to_common_voice_mp3(samples, rate)
         clip.sentence += " " + long_paragraph(clip.lang, extra, sentences=4)
+    raise RuntimeError(
+        f"{clip.voice.label} did not speak {TOO_LONG_SECONDS} s from {len(clip.sentence)} chars"
+    )
 
 
 def _write_language(root: Path, lang: str, clips: list[Clip], shard_size: int, result: SynthResult) -> None:
@@ -239,6 +242,7 @@ def _write_language(root: Path, lang: str, clips: list[Clip], shard_size: int, r
         shards = [members[i : i + shard_size] for i in range(0, len(members), shard_size)]
         shard_of = {}
         for index, shard in enumerate(shards):
+            _render_audio(shard)  # one shard at a time keeps memory flat for large splits
             _write_shard(cv.shard_path(root, lang, split, index), lang, split, index, shard)
             shard_of.update((clip.clip_id, index) for clip in shard)
         if split == "train" and shards and shards[-1][-1].broken == "truncated_shard":
@@ -260,6 +264,7 @@ def _write_shard(path: Path, lang: str, split: str, index: int, clips: list[Clip
             info = tarfile.TarInfo(cv.member_name(lang, split, index, clip.path))
             info.size, info.mtime, info.mode = len(clip.audio), _TAR_MTIME, 0o644
             tar.addfile(info, io.BytesIO(clip.audio))
+            clip.audio = None
 
 
 def _truncate_last_member(path: Path) -> None:
