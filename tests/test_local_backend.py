@@ -205,3 +205,19 @@ def test_status_list_logs_delete_from_fresh_processes(scheduler, dataset, tmp_pa
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
     with pytest.raises(UserError, match="no local job sleeper"):
         scheduler.cancel("sleeper")
+
+
+ORPHAN = """
+    import os, subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    open(f"/outputs/orphan-{os.environ['PET_NODE_RANK']}", "w").write(str(child.pid))
+"""
+
+
+def test_processes_a_replica_leaves_behind_do_not_outlive_the_job(scheduler, dataset):
+    """torchrun starts workers in sessions of their own; like a pod's cgroup, the job ends them all."""
+    scheduler.submit(local_request("orphans", dataset, script=ORPHAN))
+    assert scheduler.wait("orphans", timeout=60, poll_seconds=0.2).state == "Succeeded"
+    for rank in (0, 1):
+        pid = int((scheduler.outputs_dir("orphans") / f"orphan-{rank}").read_text())
+        assert not Path(f"/proc/{pid}").exists()

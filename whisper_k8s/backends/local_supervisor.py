@@ -13,11 +13,18 @@ the plan (see :mod:`whisper_k8s.backends.local_plan`) the way the operator and k
   resumes from its latest checkpoint by itself); otherwise the job has failed;
 * SIGTERM to the supervisor (what ``delete`` sends) stops the replicas the same way and ends the job.
 
+SIGTERM goes to each replica's process group (the container's main process: ``torchrun``), which forwards it
+to its workers, as in a pod. torchrun starts its workers in sessions of their own, so killing a group does
+not reach them; like a container runtime that kills the whole cgroup, the supervisor makes itself the
+"child subreaper" of everything it starts (Linux), and at the end of each attempt kills whatever of its
+descendants is still alive, orphans included. Nothing outlives the attempt it belongs to.
+
 Everything it knows is written to ``job.json`` after each change, never kept only in memory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -57,6 +64,47 @@ def host_environment(bin_dir: str) -> dict[str, str]:
            if k not in _INHERITED_BLOCKLIST and not k.startswith(_INHERITED_PREFIXES)}
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     return env
+
+
+def become_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphans of our replicas become our children, not init's (Linux only)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (read from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_leftovers(known: set[int]) -> None:
+    """SIGKILL every descendant still alive, then reap those that are not our Popen objects' own."""
+    for pid in descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid in descendants(os.getpid()):
+        if pid not in known:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def restartable(policy: str, code: int) -> bool:
@@ -181,6 +229,7 @@ class Supervisor:
                             for run in runs})
 
     def run(self) -> int:
+        become_subreaper()
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self.save(started=state.now_iso(), phase=RUNNING)
@@ -233,7 +282,7 @@ class Supervisor:
             phases = {run.spec["label"]: run.phase for run in runs}
             if self.contract.succeeded(phases):
                 if all(run.phase == SUCCEEDED for run in runs):
-                    self.save_replicas(runs)
+                    self.stop_all(runs, grace)  # nothing left to stop but orphaned helpers
                     return SUCCEEDED, None
                 success_deadline = success_deadline or time.monotonic() + grace
                 if time.monotonic() >= success_deadline:
@@ -251,6 +300,7 @@ class Supervisor:
         for run in runs:
             run.reap(max(0.0, deadline - time.monotonic()))
         self.save_replicas(runs)
+        kill_leftovers({run.process.pid for run in runs if run.process})
 
     def end(self, phase: str, reason: str, message: str) -> int:
         self.save(phase=phase, reason=reason, message=message, finished=state.now_iso())
