@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
+from whisper_k8s.assets.processor import read_bpe_ranks, whisper_assets_dir
 from whisper_k8s.chart import preset_path
 from whisper_k8s.cli.main import main as cli_main
 from whisper_k8s.convert import (
@@ -30,6 +31,7 @@ from whisper_k8s.convert import (
     marker,
     mm_state_to_hf,
 )
+from whisper_k8s.convert.hf_config import MUSICAL_SYMBOLS, NON_SPEECH_SYMBOLS, bpe_encode
 from whisper_k8s.convert.pages import MappedRegion
 from whisper_k8s.errors import UserError
 from whisper_k8s.formats import megatron
@@ -261,6 +263,10 @@ def test_hf_folder_with_processor_generates_with_whisper_generation_config(hf_ti
     assert {50258, 50359, 50360, 50361, 50362, 50363} <= set(generation["suppress_tokens"])
     assert 1 in generation["suppress_tokens"]  # '"' is one of Whisper's non-speech tokens
     processor = WhisperProcessor.from_pretrained(out)
+    # Our rank-table BPE of the non-speech symbols equals the real tokenizer's encoding.
+    ranks = read_bpe_ranks(whisper_assets_dir() / "multilingual.tiktoken")
+    for text in [s for symbol in NON_SPEECH_SYMBOLS + list(MUSICAL_SYMBOLS) for s in (symbol, " " + symbol)]:
+        assert bpe_encode(ranks, text) == processor.tokenizer.encode(text, add_special_tokens=False), text
     model = WhisperForConditionalGeneration.from_pretrained(out).eval()
     features = processor(torch.zeros(16000).numpy(), sampling_rate=16000, return_tensors="pt").input_features
     tokens = model.generate(features, language="en", task="transcribe", max_new_tokens=2)

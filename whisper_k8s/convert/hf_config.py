@@ -148,34 +148,38 @@ def build_hf_config(model_config: Mapping, *, tie_word_embeddings: bool, dtype: 
     return config.to_dict()
 
 
-def _non_speech_tokens(tokenizer) -> list[int]:
+NON_SPEECH_SYMBOLS = (list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
+                      + "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split())
+MUSICAL_SYMBOLS = "♩♪♫♬♭♮♯"
+
+
+def bpe_encode(ranks: Mapping[bytes, int], text: str) -> list[int]:
+    """Byte-level BPE of ONE pre-tokenised piece: merge the lowest-ranked adjacent pair until none is left.
+
+    Every string Whisper's non-speech list encodes is punctuation with at most a leading space, which its
+    pre-tokeniser keeps as a single piece; so no splitting is needed and the full tokenizer need not be built.
+    """
+    parts = [bytes([b]) for b in text.encode("utf-8")]
+    while len(parts) > 1:
+        pairs = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:], strict=False)) if a + b in ranks]
+        if not pairs:
+            break
+        _, i = min(pairs)
+        parts[i: i + 2] = [parts[i] + parts[i + 1]]
+    return [ranks[p] for p in parts]
+
+
+def non_speech_tokens(ranks: Mapping[bytes, int]) -> list[int]:
     """Ids of symbols Whisper never emits in speech (its ``suppress_tokens`` default, "-1")."""
-    symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
-    symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
-    musical = "♩♪♫♬♭♮♯"
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    found = {encode(" -")[0], encode(" '")[0]}
-    for symbol in symbols + list(musical):
-        for ids in (encode(symbol), encode(" " + symbol)):
-            if len(ids) == 1 or symbol in musical:
+    found = {bpe_encode(ranks, " -")[0], bpe_encode(ranks, " '")[0]}
+    for symbol in NON_SPEECH_SYMBOLS + list(MUSICAL_SYMBOLS):
+        for ids in (bpe_encode(ranks, symbol), bpe_encode(ranks, " " + symbol)):
+            if len(ids) == 1 or symbol in MUSICAL_SYMBOLS:
                 found.add(ids[0])
     return sorted(found)
 
 
-def _tokenizer(variant: str, processor_dir: Path | None):
-    if processor_dir is not None:
-        from transformers import WhisperTokenizer
-
-        return WhisperTokenizer.from_pretrained(processor_dir)
-    from whisper_k8s.assets.processor import build_tokenizer
-
-    return build_tokenizer(variant)
-
-
-def build_generation_config(model_config: Mapping, processor_dir: str | os.PathLike | None = None) -> dict:
+def build_generation_config(model_config: Mapping) -> dict:
     """``generation_config.json`` content with Whisper's fields (language/task ids, suppressed tokens).
 
     Vocabularies that are not one of Whisper's (a custom size) get only the generic fields."""
@@ -204,31 +208,29 @@ def build_generation_config(model_config: Mapping, processor_dir: str | os.PathL
         "return_timestamps": False,
     })
     try:
-        fields["suppress_tokens"] = _suppress_tokens(variant, str(processor_dir) if processor_dir else None)
+        fields["suppress_tokens"] = _suppress_tokens(variant)
     except (UserError, OSError) as err:
-        log.warning("generation_config.json: no suppress_tokens (no tokenizer available: %s)", err)
+        log.warning("generation_config.json: no suppress_tokens (Whisper's vocabulary is unavailable: %s)", err)
     return fields
 
 
-@functools.lru_cache(maxsize=8)
-def _suppress_tokens(variant: str, processor_dir: str | None) -> list[int]:
-    """Non-speech symbols plus the control tokens Whisper never samples mid-text (cached: building the
-    tokenizer takes a second or two)."""
-    from whisper_k8s.assets.processor import token_ids
+@functools.lru_cache(maxsize=4)
+def _suppress_tokens(variant: str) -> list[int]:
+    """Non-speech symbols plus the control tokens Whisper never samples mid-text."""
+    from whisper_k8s.assets.processor import get_variant, read_bpe_ranks, token_ids, whisper_assets_dir
 
-    tokenizer = _tokenizer(variant, Path(processor_dir) if processor_dir else None)
+    ranks = read_bpe_ranks(whisper_assets_dir() / get_variant(variant).rank_file)
     control = token_ids(variant)
     specials = {control[t] for t in ("<|startoftranscript|>", "<|translate|>", "<|transcribe|>",
                                      "<|startoflm|>", "<|startofprev|>", "<|nospeech|>")}
-    return sorted(set(_non_speech_tokens(tokenizer)) | specials)
+    return sorted(set(non_speech_tokens(ranks)) | specials)
 
 
-def write_hf_configs(folder: Path, model_config: Mapping, *, tie_word_embeddings: bool, dtype: str | None,
-                     processor_dir: str | os.PathLike | None = None) -> None:
+def write_hf_configs(folder: Path, model_config: Mapping, *, tie_word_embeddings: bool, dtype: str | None) -> None:
     """Write ``config.json`` and ``generation_config.json`` into ``folder`` (validated by transformers)."""
     from transformers import GenerationConfig
 
     config = build_hf_config(model_config, tie_word_embeddings=tie_word_embeddings, dtype=dtype)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    generation = GenerationConfig(**build_generation_config(model_config, processor_dir))
+    generation = GenerationConfig(**build_generation_config(model_config))
     generation.save_pretrained(folder)

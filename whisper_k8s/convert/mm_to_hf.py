@@ -73,8 +73,7 @@ def convert_mm_to_hf(
 
     with atomic_directory(dst, overwrite=True, what="Hugging Face model folder") as staging:
         nbytes = _write_weights(source, plan, cast, staging / WEIGHTS, quiet)
-        write_hf_configs(staging, model_config, tie_word_embeddings=tied, dtype=dtype_name(out_dtype),
-                         processor_dir=processor)
+        write_hf_configs(staging, model_config, tie_word_embeddings=tied, dtype=dtype_name(out_dtype))
         for file in processor_files:
             shutil.copy2(file, staging / file.name)
         marker.write(staging, fingerprint, marker.output_files(staging), details)
