@@ -271,3 +271,14 @@ def test_layout_reader_errors_name_the_file(tmp_path):
         cv.shard_paths(tmp_path, "hi", "train")
     with pytest.raises(UserError, match=r"transcript .*train\.tsv is missing"):
         cv.read_transcript(cv.transcript_path(tmp_path, "en", "train"))
+
+
+def test_tsv_rows_cannot_break_columns_and_short_rows_are_named(tmp_path):
+    with pytest.raises(ValueError, match="'sentence' may not contain tabs"):
+        cv.format_tsv_row({"path": "a.mp3", "sentence": "one\ttwo"})
+    tsv = tmp_path / "train.tsv"
+    good = cv.format_tsv_row({"path": "a.mp3", "sentence": "Fine."})
+    tsv.write_text("\t".join(cv.TSV_COLUMNS) + "\n" + good + "\nc\tb.mp3\tshort\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"train\.tsv:3: .*3 cells where the header has 10"):
+        cv.read_transcript(tsv)
+    assert [r["path"] for r in cv.read_transcript(tsv, strict=False)] == ["a.mp3"]
