@@ -197,6 +197,7 @@ def test_status_list_logs_delete_from_fresh_processes(scheduler, dataset, tmp_pa
     assert "[master-0] ready" in logs and "[worker-1] ready" in logs
     job = json.loads((scheduler.root / "sleeper" / "job.json").read_text())
     pids = [r["process"]["pid"] for r in job["replicas"].values()]
+    assert scheduler.replica_processes("sleeper", "worker-0")[:1] == pids[1:]
     in_fresh_process(scheduler.root, "scheduler.cancel('sleeper')")
     # SIGTERM reached the trainer processes (they "checkpointed"), then the job and its processes are gone
     assert (outputs / "sigterm-0").read_text() == "checkpointed" and (outputs / "sigterm-1").exists()

@@ -99,8 +99,10 @@ class LocalScheduler(Scheduler):
 
     def _start_supervisor(self, job_path: Path) -> subprocess.Popen:
         env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        # a source checkout works without `pip install -e`: whisper_k8s and trainer/whisper_trainer importable
+        checkout = Path(__file__).resolve().parents[2]
+        paths = [str(checkout), str(checkout / "trainer"), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         with open(job_path / state.SUPERVISOR_LOG, "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "whisper_k8s.backends.local_supervisor", str(job_path)],
                              cwd=job_path, env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -165,6 +167,15 @@ class LocalScheduler(Scheduler):
         if state.is_ours_and_alive(supervisor):
             os.kill(supervisor["pid"], signal.SIGKILL)
         shutil.rmtree(job_path)
+
+    def replica_processes(self, name: str, label: str) -> list[int]:
+        """The live processes of one replica (``master-0``): its main process (torchrun), then the
+        processes below it (the training workers). For fault-injection tests and debugging."""
+        replica = self._require(name)["replicas"].get(label) or {}
+        record = replica.get("process")
+        if not state.is_ours_and_alive(record):
+            return []
+        return [record["pid"], *state.descendants(record["pid"])]
 
     # ------------------------------------------------------------------------------------------ logs
     def log_iter(self, name: str, *, follow: bool = False, since: float | None = None,

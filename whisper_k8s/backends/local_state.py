@@ -116,3 +116,21 @@ def is_ours_and_alive(record: dict[str, Any] | None) -> bool:
         return False
     start = process_start(int(record["pid"]))
     return start is not None and start == record.get("start", start)
+
+
+def descendants(root: int) -> list[int]:
+    """Every live (or not yet reaped) process below ``root``, parents before children (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -74,32 +74,14 @@ def become_subreaper() -> None:
         pass
 
 
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (read from /proc; empty where there is none)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def kill_leftovers(known: set[int]) -> None:
     """SIGKILL every descendant still alive, then reap those that are not our Popen objects' own."""
-    for pid in descendants(os.getpid()):
+    for pid in state.descendants(os.getpid()):
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    for pid in descendants(os.getpid()):
+    for pid in state.descendants(os.getpid()):
         if pid not in known:
             try:
                 os.waitpid(pid, 0)
