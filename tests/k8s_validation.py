@@ -143,8 +143,11 @@ def document_errors(document: dict, crds: dict[str, Path]) -> list[str]:
 
 
 def pod_templates(document: dict) -> list[dict]:
-    """The pod templates inside a job document (PyTorchJob replica specs; JobSet-based kinds later)."""
+    """The pod templates inside a document: PyTorchJob replica specs, a (Cluster)TrainingRuntime's JobSet jobs."""
     spec = document.get("spec", {})
     if document.get("kind") == "PyTorchJob":
         return [replica["template"] for replica in spec.get("pytorchReplicaSpecs", {}).values()]
+    if document.get("kind") in ("TrainingRuntime", "ClusterTrainingRuntime"):
+        jobs = spec.get("template", {}).get("spec", {}).get("replicatedJobs", [])
+        return [job["template"]["spec"]["template"] for job in jobs]
     return []

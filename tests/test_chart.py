@@ -21,8 +21,12 @@ from whisper_k8s.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm"
-PYTORCHJOB_CRD = ROOT / "tests/fixtures/reference/crds/kubeflow.org_pytorchjobs.v1.9.0.yaml"
-CRDS = {"PyTorchJob": PYTORCHJOB_CRD}
+CRD_DIR = ROOT / "tests/fixtures/reference/crds"
+CRDS = {"PyTorchJob": CRD_DIR / "kubeflow.org_pytorchjobs.v1.9.0.yaml",
+        "TrainJob": CRD_DIR / "trainer.kubeflow.org_trainjobs.v2.3.0.yaml",
+        "TrainingRuntime": CRD_DIR / "trainer.kubeflow.org_trainingruntimes.v2.3.0.yaml"}
+# Set by Trainer v2's torch plugin; a TrainJob that sets them is rejected.
+RESERVED_V2_ENV = {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
 
 # The seed's table of Ascend environment variables: default (the seed's launch script or the table's stated
 # default) and the values just outside the allowed range or set.
@@ -458,3 +462,59 @@ def test_every_value_is_documented_and_in_the_schema():
         if path not in free_form:
             assert node.get("type") or node.get("enum"), path
     assert chart.schema_errors({}) == []
+
+
+@pytest.mark.parametrize("accelerator", ["ascend", "nvidia", "cpu"])
+@pytest.mark.parametrize("nodes", [1, 2, 16])
+def test_trainjob_matches_v2_crds_and_contract(nodes, accelerator):
+    values = {"operator": "trainjob", "nodes": nodes, "accelerator": {"type": accelerator}}
+    documents = render(values)
+    assert chart.find(documents, "PyTorchJob") == [] and chart.find(documents, "PodGroup") == []
+    for doc in documents:
+        assert document_errors(doc, CRDS) == [], doc["kind"]
+    runtime, job = the(documents, "TrainingRuntime"), the(documents, "TrainJob")
+    (template,) = pod_templates(runtime)
+    assert core_errors(template, "V1PodTemplateSpec") == []
+    assert runtime["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert runtime["spec"]["mlPolicy"] == {"numNodes": nodes, "torch": {}}
+    (replicated,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert replicated["name"] == "node"
+    (container,) = template["spec"]["containers"]
+    assert container["name"] == "node" and "command" not in container and "ports" not in container
+    assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
+                                         "name": runtime["metadata"]["name"]}
+    trainer = job["spec"]["trainer"]
+    per_node = {"ascend": 8, "nvidia": 8, "cpu": 1}[accelerator]
+    # Always explicit and an integer: Ascend's resource name has no "gpu" in it, so `auto` would count CPUs.
+    assert trainer["numNodes"] == nodes and trainer["numProcPerNode"] == per_node
+    assert trainer["args"][:3] == ["torchrun", "-m", "whisper_trainer"] and trainer["command"][:2] == ["/bin/sh", "-c"]
+    for spec in [template["spec"]]:
+        for c in spec["containers"] + spec.get("initContainers", []):
+            assert not RESERVED_V2_ENV & {e["name"] for e in c["env"]}
+
+
+def test_trainjob_reuses_the_pytorchjob_pod_template():
+    """One set of pod templates: the runtime's pod equals the PyTorchJob's but for name, port and command."""
+    values = {"nodes": 2, "accelerator": {"type": "ascend", "hostDriver": {"enabled": True}},
+              "model": {"pretrained": {"enabled": True}}, "scheduling": {"gang": "coscheduling"}}
+    pytorch = pod_templates(the(render(values), "PyTorchJob"))[0]
+    trainjob_docs = render({**values, "operator": "trainjob"})
+    runtime = pod_templates(the(trainjob_docs, "TrainingRuntime"))[0]
+    (pytorch_container,), (node_container,) = pytorch["spec"]["containers"], runtime["spec"]["containers"]
+    assert {k: v for k, v in pytorch_container.items() if k not in ("name", "ports", "command", "args")} == \
+        {k: v for k, v in node_container.items() if k != "name"}
+    assert {k: v for k, v in pytorch["spec"].items() if k != "containers"} == \
+        {k: v for k, v in runtime["spec"].items() if k != "containers"}
+    trainer = the(trainjob_docs, "TrainJob")["spec"]["trainer"]
+    assert trainer["command"] == pytorch_container["command"] and trainer["args"] == pytorch_container["args"]
+    # gang scheduling: Trainer v2 makes the PodGroup from podGroupPolicy; no label pointing at our own
+    assert the(render({**values, "operator": "trainjob"}), "TrainingRuntime")["spec"]["podGroupPolicy"] == {
+        "coscheduling": {"scheduleTimeoutSeconds": 600}}
+    assert "scheduling.x-k8s.io/pod-group" not in runtime["metadata"]["labels"]
+    assert pytorch["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "whisper-test"
+
+
+def test_trainjob_rejects_reserved_env_in_values():
+    for name in sorted(RESERVED_V2_ENV):
+        with pytest.raises(UserError, match="extraEnv.0.name"):
+            chart.validate_values({"operator": "trainjob", "extraEnv": [{"name": name, "value": "1"}]})

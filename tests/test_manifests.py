@@ -11,7 +11,10 @@ from whisper_k8s import manifests_gen
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-CRDS = {"PyTorchJob": ROOT / "tests/fixtures/reference/crds/kubeflow.org_pytorchjobs.v1.9.0.yaml"}
+CRD_DIR = ROOT / "tests/fixtures/reference/crds"
+CRDS = {"PyTorchJob": CRD_DIR / "kubeflow.org_pytorchjobs.v1.9.0.yaml",
+        "TrainJob": CRD_DIR / "trainer.kubeflow.org_trainjobs.v2.3.0.yaml",
+        "TrainingRuntime": CRD_DIR / "trainer.kubeflow.org_trainingruntimes.v2.3.0.yaml"}
 
 
 def test_committed_manifests_equal_a_fresh_render():
@@ -33,7 +36,9 @@ def test_manifests_are_valid_and_namespace_free():
             kinds.add(doc["kind"])
             assert "namespace" not in doc["metadata"], (case, doc["kind"])
             assert document_errors(doc, CRDS) == [], (case, doc["kind"])
-    assert {"PyTorchJob", "ConfigMap", "PersistentVolumeClaim", "PodGroup"} <= kinds
+        job_index = max(i for i, doc in enumerate(documents) if doc["kind"] in ("PyTorchJob", "TrainJob"))
+        assert job_index == len(documents) - 1, f"{case}: the job must come after what it refers to"
+    assert {"PyTorchJob", "TrainJob", "TrainingRuntime", "ConfigMap", "PersistentVolumeClaim", "PodGroup"} <= kinds
 
 
 def test_generate_writes_atomically_and_removes_only_stale_generated_files(tmp_path):

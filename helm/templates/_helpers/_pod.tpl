@@ -18,6 +18,14 @@ export NODE_RANK="${NODE_RANK:-${PET_NODE_RANK:-0}}"
 exec "$@"
 {{- end }}
 
+{{/* The container command: the launch wrapper, run by sh with the training command line as "$@". */}}
+{{- define "whisper.launchCommand" -}}
+- /bin/sh
+- -c
+- {{ include "whisper.launchScript" . | quote }}
+- whisper-launch
+{{- end }}
+
 {{/* The training command line (torchrun + the engine + its flags) as a YAML list. */}}
 {{- define "whisper.trainArgs" -}}
 {{- $t := .Values.training -}}
@@ -290,19 +298,21 @@ conversion of the pretrained weights, skipped when the converted file is already
 {{- end }}
 {{- end }}
 
-{{/* The training container. Takes dict: ctx, containerName, ports. */}}
+{{/*
+The training container. Takes dict: ctx, containerName, ports, and withCommand (false when the job kind passes
+the command itself, as a TrainJob's spec.trainer does).
+*/}}
 {{- define "whisper.pod.container" -}}
 {{- $ctx := .ctx -}}
 - name: {{ .containerName }}
   image: {{ include "whisper.image" $ctx }}
   imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+  {{- if .withCommand }}
   command:
-    - /bin/sh
-    - -c
-    - {{ include "whisper.launchScript" $ctx | quote }}
-    - whisper-launch
+    {{- include "whisper.launchCommand" $ctx | nindent 4 }}
   args:
     {{- include "whisper.trainArgs" $ctx | nindent 4 }}
+  {{- end }}
   workingDir: /tmp
   {{- with .ports }}
   ports:
@@ -322,19 +332,22 @@ conversion of the pretrained weights, skipped when the converted file is already
     {{- include "whisper.volumeMounts" $ctx | nindent 4 }}
 {{- end }}
 
-{{/* Pod template metadata: labels (incl. the coscheduling PodGroup), config checksum, Volcano group. Takes the root context. */}}
+{{/*
+Pod template metadata: labels, config checksum and, for a PodGroup this chart creates (PyTorchJob), the
+coscheduling label or the Volcano annotation (Trainer v2 manages its PodGroups itself). Takes the root context.
+*/}}
 {{- define "whisper.pod.metadata" -}}
 labels:
   {{- include "whisper.labels" . | nindent 2 }}
   {{- with .Values.podLabels }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
-  {{- if and (eq .Values.scheduling.gang "coscheduling") }}
+  {{- if and (eq .Values.operator "pytorchjob") (eq .Values.scheduling.gang "coscheduling") }}
   scheduling.x-k8s.io/pod-group: {{ include "whisper.podGroupName" . }}
   {{- end }}
 annotations:
   checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
-  {{- if eq .Values.scheduling.gang "volcano" }}
+  {{- if and (eq .Values.operator "pytorchjob") (eq .Values.scheduling.gang "volcano") }}
   scheduling.k8s.io/group-name: {{ include "whisper.podGroupName" . }}
   {{- end }}
   {{- with .Values.podAnnotations }}
@@ -342,10 +355,12 @@ annotations:
   {{- end }}
 {{- end }}
 
-{{/* The pod spec of a training node. Takes dict: ctx, containerName, ports. */}}
+{{/* The pod spec of a training node. Takes the dict of "whisper.pod.container". */}}
 {{- define "whisper.pod.spec" -}}
 {{- $ctx := .ctx }}
 {{- $v := $ctx.Values -}}
+# The trainer resumes from its last checkpoint, so a failed container is simply restarted.
+restartPolicy: OnFailure
 terminationGracePeriodSeconds: {{ int64 $v.terminationGracePeriodSeconds }}
 enableServiceLinks: false
 automountServiceAccountToken: false
