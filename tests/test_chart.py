@@ -385,6 +385,11 @@ def test_security_review_of_every_pod_spec():
         chart.validate_values({"security": {"runAsUser": 0}})
     with pytest.raises(UserError, match="extraEnv.0.name"):
         chart.validate_values({"extraEnv": [{"name": "PET_NODE_RANK", "value": "1"}]})
+    for name in ["HF_TOKEN", "WANDB_API_KEY", "S3_SECRET_ACCESS_KEY", "DB_PASSWORD"]:
+        with pytest.raises(UserError, match="extraEnv.0"):
+            chart.validate_values({"extraEnv": [{"name": name, "value": "plain-text"}]})
+        chart.validate_values({"extraEnv": [{"name": name, "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]})
+    chart.validate_values({"extraEnv": [{"name": "LOG_LEVEL", "value": "debug"}]})
 
 
 def test_render_errors_name_the_problem(monkeypatch, tmp_path):
