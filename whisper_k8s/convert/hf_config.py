@@ -134,18 +134,16 @@ def resolve_config(explicit, source) -> tuple[dict, str]:
 
 
 def build_hf_config(model_config: Mapping, *, tie_word_embeddings: bool, dtype: str | None = None) -> dict:
-    """``config.json`` content: the model.json fields as a transformers WhisperConfig, head tying decided
-    by the weights (MindSpeed-MM trains an untied head), the dtype of the written weights."""
-    from transformers import WhisperConfig
-
+    """``config.json`` content: the model.json fields (all WhisperConfig arguments once MindSpeed-MM's own
+    bookkeeping is dropped), head tying decided by the weights (MindSpeed-MM trains an untied head) and the
+    dtype of the written weights. Plain JSON: importing transformers would cost seconds per conversion."""
     fields = {k: v for k, v in as_mapping(model_config).items() if k not in _MM_ONLY}
     stated = fields.pop("torch_dtype", None) or fields.pop("dtype", None)
     fields.pop("transformers_version", None)
-    fields["tie_word_embeddings"] = tie_word_embeddings
-    config = WhisperConfig(**fields)
-    config.dtype = DTYPE_NAMES.get(str(dtype or stated or "float32"), "float32")
-    config.architectures = ["WhisperForConditionalGeneration"]
-    return config.to_dict()
+    fields.update(model_type="whisper", architectures=["WhisperForConditionalGeneration"],
+                  tie_word_embeddings=tie_word_embeddings,
+                  dtype=DTYPE_NAMES.get(str(dtype or stated or "float32"), "float32"))
+    return fields
 
 
 NON_SPEECH_SYMBOLS = (list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
@@ -227,10 +225,7 @@ def _suppress_tokens(variant: str) -> list[int]:
 
 
 def write_hf_configs(folder: Path, model_config: Mapping, *, tie_word_embeddings: bool, dtype: str | None) -> None:
-    """Write ``config.json`` and ``generation_config.json`` into ``folder`` (validated by transformers)."""
-    from transformers import GenerationConfig
-
+    """Write ``config.json`` and ``generation_config.json`` into ``folder``."""
     config = build_hf_config(model_config, tie_word_embeddings=tie_word_embeddings, dtype=dtype)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    generation = GenerationConfig(**build_generation_config(model_config))
-    generation.save_pretrained(folder)
+    for name, content in (("config.json", config), ("generation_config.json", build_generation_config(config))):
+        (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
