@@ -25,15 +25,19 @@ from whisper_k8s.operators import get_contract
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def local_request(name, dataset, *, nodes=2, script=None, outputs=None, backoff=None, grace=None):
+def local_request(name, dataset, *, nodes=2, script=None, outputs=None, backoff=None, grace=None,
+                  operator="pytorchjob"):
     """The chart's documents for a CPU job; ``script`` replaces the trainer command (python -c)."""
     storage = {"dataset": {"type": "hostPath", "hostPath": str(dataset)}}
     if outputs:
         storage["outputs"] = {"type": "hostPath", "hostPath": str(outputs)}
     values = {"fullnameOverride": name, "nodes": nodes, "accelerator": {"type": "cpu"},
-              "model": {"preset": "tiny"}, "data": {"processor": str(dataset)}, "storage": storage}
+              "model": {"preset": "tiny"}, "data": {"processor": str(dataset)}, "storage": storage,
+              "operator": operator}
     documents = render(values, name)
     for doc in documents:
+        if doc["kind"] == "TrainJob" and script is not None:
+            doc["spec"]["trainer"]["args"] = ["python", "-c", textwrap.dedent(script)]
         if doc["kind"] != "PyTorchJob":
             continue
         if backoff is not None:
@@ -44,7 +48,7 @@ def local_request(name, dataset, *, nodes=2, script=None, outputs=None, backoff=
                 pod["terminationGracePeriodSeconds"] = grace
             if script is not None:
                 pod["containers"][0]["args"] = ["python", "-c", textwrap.dedent(script)]
-    return AppRequest(name=name, values=values, documents=documents)
+    return AppRequest(name=name, values=values, documents=documents, operator=operator)
 
 
 @pytest.fixture
@@ -113,6 +117,20 @@ def test_each_replica_gets_the_operator_env(scheduler, dataset, tmp_path):
         assert seen["data.json"]["preprocess_parameters"]["processor_name_or_path"] == str(dataset)
     assert len(ports) == 1 and ports != {"29501"}
     assert [p.name for p in status.pods] == ["envjob-master-0", "envjob-worker-0"]
+
+
+def test_trainjob_replicas_get_the_v2_env(scheduler, dataset):
+    scheduler.submit(local_request("v2job", dataset, script=DUMP_ENV, operator="trainjob"))
+    status = scheduler.wait("v2job", timeout=60, poll_seconds=0.2)
+    assert status.state == "Succeeded", status
+    assert [p.name for p in status.pods] == ["v2job-node-0-0", "v2job-node-0-1"]
+    for rank in (0, 1):
+        seen = json.loads((scheduler.outputs_dir("v2job") / f"env-{rank}.json").read_text())
+        assert {k: v for k, v in seen.items() if k.startswith("PET_")} == {
+            "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": str(rank),
+            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": seen["PET_MASTER_PORT"]}
+        assert seen["PET_MASTER_PORT"] != "29500" and "MASTER_ADDR" not in seen and "RANK" not in seen
+    assert "[node-1] dumped 1" in list(scheduler.log_iter("v2job"))
 
 
 def test_dry_run_writes_nothing_and_shows_the_mapping(scheduler, dataset, tmp_path):

@@ -104,3 +104,53 @@ def test_bad_documents_are_refused_by_field(job_document):
         contract.read_job([with_workers(job_document, "two")])
     with pytest.raises(UserError, match="unknown operator"):
         get_contract("mpijob")
+
+
+# ------------------------------------------------------------------------------------- Trainer v2 (TrainJob)
+@pytest.fixture
+def trainjob_documents(reference):
+    """The TrainingRuntime and TrainJob the API server accepted (2 nodes, Ascend, numProcPerNode 8)."""
+    return [recorded(reference, "trainingruntime_create_201")["request"]["body"],
+            recorded(reference, "trainjob_create_201")["request"]["body"]]
+
+
+def test_readme_states_the_trainer_v2_facts(reference):
+    facts = (reference / "README.md").read_text()
+    for phrase in ("`PET_NODE_RANK` from the pod annotation `batch.kubernetes.io/job-completion-index`",
+                   "`PET_MASTER_ADDR` = `<trainjob>-node-0-0.<trainjob>`", "`PET_MASTER_PORT` = 29500",
+                   "These five names are reserved", 'the count of a resource whose name contains "gpu", else the '
+                   "CPU count", "`jobset.sigs.k8s.io/jobset-name=<trainjob>`"):
+        assert phrase in facts, phrase
+
+
+def test_trainjob_env_names_and_overrides(trainjob_documents):
+    job = get_contract("trainjob").read_job(trainjob_documents)
+    assert [r.pod_name for r in job.replicas] == ["whisper-ft-v2-node-0-0", "whisper-ft-v2-node-0-1"]
+    node = job.replica("node-1")
+    assert node.env == {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "8", "PET_NODE_RANK": "1",
+                        "PET_MASTER_ADDR": "whisper-ft-v2-node-0-0.whisper-ft-v2", "PET_MASTER_PORT": "29500"}
+    assert node.container == "node" and node.node_rank == 1
+    container = node.pod_spec["containers"][0]
+    assert container["command"] == ["bash", "examples/whisper/pretrain_whisper.sh"]  # the TrainJob's override
+    assert node.labels["jobset.sigs.k8s.io/jobset-name"] == "whisper-ft-v2"
+    assert node.labels["jobset.sigs.k8s.io/replicatedjob-name"] == "node"
+    assert job.backoff_limit == 0  # no failurePolicy: the JobSet does not restart
+    contract = get_contract("trainjob")
+    assert contract.succeeded({"node-0": "Succeeded", "node-1": "Succeeded"})
+    assert not contract.succeeded({"node-0": "Succeeded", "node-1": "Running"})
+
+
+def test_trainjob_procs_per_node_pitfall_and_reserved_env(trainjob_documents):
+    runtime, trainjob = copy.deepcopy(trainjob_documents)
+    del runtime["spec"]["mlPolicy"]["torch"]["numProcPerNode"]
+    trainjob["spec"]["trainer"]["resourcesPerNode"] = {"limits": {"huawei.com/Ascend910": 8, "cpu": "16"}}
+    # no "gpu" in huawei.com/Ascend910: one process per CPU core, not per NPU
+    assert get_contract("trainjob").read_job([runtime, trainjob]).replicas[0].env["PET_NPROC_PER_NODE"] == "16"
+    trainjob["spec"]["trainer"]["resourcesPerNode"] = {"limits": {"nvidia.com/gpu": 4, "cpu": "16"}}
+    assert get_contract("trainjob").read_job([runtime, trainjob]).replicas[0].env["PET_NPROC_PER_NODE"] == "4"
+    trainjob["spec"]["trainer"]["env"] = [{"name": "PET_NODE_RANK", "value": "3"}]
+    with pytest.raises(UserError, match="PET_NODE_RANK, which the trainer reserves"):
+        get_contract("trainjob").read_job([runtime, trainjob])
+    del trainjob["spec"]["trainer"]["env"]
+    with pytest.raises(UserError, match="not among the rendered documents"):
+        get_contract("trainjob").read_job([trainjob])
