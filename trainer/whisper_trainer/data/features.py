@@ -10,6 +10,8 @@ mel filters, log10 of max(x, 1e-10), floor at (per-sample max - 8), then (x + 4)
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from whisper_trainer.data.audio import MAX_SAMPLES
@@ -43,12 +45,14 @@ class LogMel:
     def __init__(self, filters: np.ndarray):
         import torch
 
-        self.filters = torch.from_numpy(np.ascontiguousarray(filters.T, dtype=np.float32))  # [n_mels, 201]
+        dense = torch.from_numpy(np.ascontiguousarray(filters.T, dtype=np.float32))  # [n_mels, 201]
+        # Each slaney filter covers a few neighbouring bins (~2 % of the matrix is non-zero): a sparse product
+        # does the same sums in a quarter of the time of the dense one.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            self.filters = dense.to_sparse_csr()
+        self.n_mels = dense.shape[0]
         self.window = torch.hann_window(N_FFT)
-
-    @property
-    def n_mels(self) -> int:
-        return self.filters.shape[0]
 
     def __call__(self, waveforms: list[np.ndarray]):
         import torch
@@ -65,15 +69,17 @@ class LogMel:
         spectrum = torch.view_as_real(
             torch.stft(batch, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)[..., :computed]
         )
-        real, imaginary = spectrum[..., 0], spectrum[..., 1]
-        power = torch.addcmul(real * real, imaginary, imaginary)  # |X|^2 without a complex abs (sqrt) pass
-        log_spec = torch.matmul(self.filters, power).clamp_(min=1e-10).log10_()
+        power = spectrum[..., 0].square().add_(spectrum[..., 1].square())  # |X|^2 without complex abs (a sqrt)
+        batch_size, bins, _ = power.shape
+        # [B, 201, T] -> [201, B*T] so one sparse product serves the whole batch, then back to [B, n_mels, T].
+        mel = self.filters @ power.permute(1, 0, 2).reshape(bins, -1)
+        log_spec = mel.view(self.n_mels, batch_size, computed).permute(1, 0, 2).clamp(min=1e-10).log10_()
         peak = log_spec.amax(dim=(1, 2))
         if computed < N_FRAMES:
             peak = peak.clamp(min=LOG_FLOOR)
         floor = (peak - 8.0).view(-1, 1, 1)
         features = torch.empty(len(waveforms), self.n_mels, N_FRAMES)
-        torch.maximum(log_spec, floor, out=features[..., :computed]).add_(4.0).div_(4.0)
+        features[..., :computed] = torch.maximum(log_spec, floor).add_(4.0).div_(4.0)
         padding_value = (floor.clamp(min=LOG_FLOOR) + 4.0) / 4.0
         features[..., computed:] = padding_value.expand(-1, self.n_mels, N_FRAMES - computed)
         return features
