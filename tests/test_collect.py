@@ -115,7 +115,7 @@ def test_helper_pod_mounts_the_jobs_outputs_read_only_like_its_master():
 
     job = rendered_job()
     master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    pod = helper_pod(job)
+    pod = helper_pod([job])
     assert pod["metadata"]["name"].startswith("whisper-hi-collect-")
     assert pod["metadata"]["labels"]["whisper-k8s/collect-for"] == "whisper-hi"
     spec, container = pod["spec"], pod["spec"]["containers"][0]

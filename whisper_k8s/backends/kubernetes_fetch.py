@@ -38,9 +38,12 @@ def _mounted(container: dict[str, Any], volumes: dict[str, dict], path: str) -> 
     return None
 
 
-def helper_pod(job_document: dict[str, Any], operator: str = "pytorchjob") -> dict[str, Any]:
-    """The collect pod for a job: the master pod's image, security and placement, outputs mounted read-only."""
-    job = get_contract(operator).read_job([job_document])
+def helper_pod(documents: list[dict[str, Any]], operator: str = "pytorchjob") -> dict[str, Any]:
+    """The collect pod for a job: its first pod's image, security and placement, outputs mounted read-only.
+
+    ``documents``: the job object as the cluster returns it (plus, for a TrainJob, its TrainingRuntime).
+    """
+    job = get_contract(operator).read_job(documents)
     master = job.replicas[0]
     spec = master.pod_spec
     container = next(c for c in spec.get("containers") or [] if c.get("name") == master.container)
@@ -153,13 +156,13 @@ def _stream_tar(api_client: Any, name: str, namespace: str, archive: Path) -> in
     return iteration
 
 
-def fetch_outputs(api_client: Any, job_document: dict[str, Any], dest: Path, *, operator: str = "pytorchjob",
-                  start_timeout: float = START_TIMEOUT_SECONDS) -> Path:
+def fetch_outputs(api_client: Any, documents: list[dict[str, Any]], dest: Path, *,
+                  operator: str = "pytorchjob", start_timeout: float = START_TIMEOUT_SECONDS) -> Path:
     """Start the helper pod, stream the selected outputs into ``dest``, delete the pod; return ``dest``."""
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
-    pod = helper_pod(job_document, operator)
+    pod = helper_pod(documents, operator)
     name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
     core.create_namespaced_pod(namespace, pod)
     try:
