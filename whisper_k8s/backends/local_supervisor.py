@@ -223,6 +223,8 @@ class Supervisor:
 
     def run_attempts(self) -> int:
         while True:
+            if self.stop_requested:  # deleted between two attempts
+                return self.end(FAILED, "Deleted", "stopped on request (SIGTERM)")
             outcome, failed = self.run_attempt()
             codes = {run.spec["label"]: run.code for run in self.runs}
             self.save(history=[*self.job.get("history", []),
