@@ -139,6 +139,9 @@ def test_dry_run_writes_nothing_and_shows_the_mapping(scheduler, dataset, tmp_pa
     assert f"volume /data -> {dataset}" in text
     assert "volume /outputs -> " + str(tmp_path / "state" / "dry" / "volumes" / "dry-outputs") in text
     assert "PET_NODE_RANK=1" in text and "kind: PyTorchJob" in text
+    import yaml
+
+    assert [doc["kind"] for doc in yaml.safe_load_all(text)] == [doc["kind"] for doc in info.documents]
     assert not (tmp_path / "state").exists()
 
 

@@ -267,5 +267,6 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
         for step in replica["steps"]:
             kind = "init " if step["init"] else ""
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in step["env"].items())
-            lines.append(f"{replica['label']} {kind}{step['container']}: {env} {shlex.join(step['argv'])}")
+            line = f"{replica['label']} {kind}{step['container']}: {env} {shlex.join(step['argv'])}"
+            lines.append(line.replace("\n", "\\n"))  # one line each: the dry run prints them as comments
     return lines
