@@ -243,3 +243,17 @@ def test_processes_a_replica_leaves_behind_do_not_outlive_the_job(scheduler, dat
     for rank in (0, 1):
         pid = int((scheduler.outputs_dir("orphans") / f"orphan-{rank}").read_text())
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_init_containers_run_first_in_order_without_the_operator_env(scheduler, dataset):
+    request = local_request("inits", dataset, nodes=1, script="print(open('/outputs/order').read())")
+    job = next(doc for doc in request.documents if doc["kind"] == "PyTorchJob")
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    first = dict(pod["containers"][0], name="first", command=["python", "-c"], args=[
+        "import os; open('/outputs/order', 'a').write('first:' + str('PET_NODE_RANK' in os.environ) + ' ')"])
+    second = dict(first, name="second", args=["open('/outputs/order', 'a').write('second')"])
+    pod["initContainers"] = [first, second]
+    scheduler.submit(request)
+    assert scheduler.wait("inits", timeout=60, poll_seconds=0.2).state == "Succeeded"
+    assert list(scheduler.log_iter("inits")) == [
+        "[master-0] (init container first)", "[master-0] (init container second)", "[master-0] first:False second"]
