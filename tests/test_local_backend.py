@@ -185,6 +185,8 @@ def test_backoff_limit_exceeded_fails_the_job(scheduler, dataset):
     assert status.state == "Failed"
     assert any("backoffLimit 1 reached" in problem for problem in status.problems)
     assert [p.restarts for p in status.pods] == [1, 1]
+    with pytest.raises(UserError, match=r"local job broken already exists \(Failed\).*delete it first"):
+        scheduler.submit(local_request("broken", dataset, script="print(1)"))
 
 
 SLEEPER = """

@@ -77,6 +77,17 @@ class LocalScheduler(Scheduler):
                 f"with `python -m whisper_k8s delete {plan['name']} --local` (collect its outputs before)"
             )
         job_path.mkdir(parents=True)
+        try:
+            self._prepare(plan, job_path, info.documents)
+            supervisor = self._start_supervisor(job_path)
+        except BaseException:
+            shutil.rmtree(job_path, ignore_errors=True)  # no half-created job left behind
+            raise
+        state.write_json(job_path / state.SUPERVISOR_FILE, state.process_record(supervisor.pid))
+        return make_handle(self.name, plan["namespace"], plan["name"])
+
+    def _prepare(self, plan: dict[str, Any], job_path: Path, documents: list[dict[str, Any]]) -> None:
+        """The job folder: volume folders, the ConfigMap files, the rendered documents, plan and state."""
         for folder in ("logs", "volumes", "work"):
             (job_path / folder).mkdir()
         for local in map(Path, plan["folders"]):
@@ -85,7 +96,7 @@ class LocalScheduler(Scheduler):
         for path, content in plan["config_files"].items():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(content)
-        (job_path / state.DOCUMENTS_FILE).write_text(yaml_documents(info.documents))
+        (job_path / state.DOCUMENTS_FILE).write_text(yaml_documents(documents))
         state.write_json(job_path / state.PLAN_FILE, plan)
         state.write_json(job_path / state.JOB_FILE, {
             "name": plan["name"], "namespace": plan["namespace"], "operator": plan["operator"],
@@ -93,9 +104,6 @@ class LocalScheduler(Scheduler):
             "created": state.now_iso(), "started": "", "finished": "", "attempt": 0, "restarts": 0,
             "backoff_limit": plan["backoff_limit"], "master_port": None, "replicas": {},
         })
-        supervisor = self._start_supervisor(job_path)
-        state.write_json(job_path / state.SUPERVISOR_FILE, state.process_record(supervisor.pid))
-        return make_handle(self.name, plan["namespace"], plan["name"])
 
     def _start_supervisor(self, job_path: Path) -> subprocess.Popen:
         env = dict(os.environ)
@@ -104,9 +112,11 @@ class LocalScheduler(Scheduler):
         paths = [str(checkout), str(checkout / "trainer"), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         with open(job_path / state.SUPERVISOR_LOG, "ab") as log:
-            return subprocess.Popen([sys.executable, "-m", "whisper_k8s.backends.local_supervisor", str(job_path)],
-                             cwd=job_path, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                [sys.executable, "-m", "whisper_k8s.backends.local_supervisor", str(job_path)],
+                cwd=job_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     # ------------------------------------------------------------------------------------------ read back
     def _job(self, name: str) -> dict[str, Any] | None:
