@@ -73,6 +73,7 @@ def test_comma_list_of_languages(files, processor_dir):
     (lambda m: m.update(torch_dtype="bf8"), "torch_dtype"),
     (lambda m: m.update(encoder_attention_heads=5), "encoder_attention_heads"),
     (lambda m: m.update(tie_word_embeddings=True), "tie_word_embeddings"),
+    (lambda m: m.update(num_hidden_layers=3), "num_hidden_layers"),
     (lambda m: m.update(num_mel_bins=80), "num_mel_bins"),  # the processor has 128
 ])
 def test_bad_model_json_names_the_field(files, change, named):

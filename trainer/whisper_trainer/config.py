@@ -40,7 +40,7 @@ REQUIRED_MODEL_KEYS = ("d_model", "encoder_layers", "decoder_layers", "encoder_a
 DTYPE_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
                "fp32": "float32", "float32": "float32"}
 # Keys a model.json holds that are not Hugging Face WhisperConfig arguments.
-MM_ONLY_MODEL_KEYS = ("model_id", "ckpt_path", "torch_dtype")
+MM_ONLY_MODEL_KEYS = ("model_id", "ckpt_path", "torch_dtype", "num_hidden_layers")
 
 
 @dataclass
@@ -63,7 +63,11 @@ class ModelConfig:
         return DTYPE_NAMES[self.fields.get("torch_dtype", "float32")]
 
     def hf_kwargs(self) -> dict[str, Any]:
-        """Arguments for ``transformers.WhisperConfig``: the MM-only keys dropped, the LM head untied."""
+        """Arguments for ``transformers.WhisperConfig``: the MM-only keys dropped, the LM head untied.
+
+        ``num_hidden_layers`` is dropped too: it is checked equal to ``encoder_layers``, and Hugging Face treats
+        it as an alias that would override ``encoder_layers``.
+        """
         kwargs = {k: v for k, v in self.fields.items() if k not in MM_ONLY_MODEL_KEYS}
         kwargs["tie_word_embeddings"] = False  # MindSpeed-MM trains and saves a separate proj_out.weight
         return kwargs
@@ -211,6 +215,10 @@ def validate_model_fields(fields: dict, where: str = "model.json") -> ModelConfi
     for heads in ("encoder_attention_heads", "decoder_attention_heads"):
         if fields["d_model"] % fields[heads]:
             raise _fail(where, f"d_model {fields['d_model']} is not divisible by {heads} {fields[heads]}")
+    if "num_hidden_layers" in fields and fields["num_hidden_layers"] != fields["encoder_layers"]:
+        # Hugging Face reads num_hidden_layers as an alias of encoder_layers: a different value would win.
+        raise _fail(where, f"num_hidden_layers {fields['num_hidden_layers']} contradicts encoder_layers "
+                           f"{fields['encoder_layers']}: make them equal or drop num_hidden_layers")
     ckpt = fields.get("ckpt_path", "")
     if ckpt is not None and not isinstance(ckpt, str):
         raise _fail(where, f"ckpt_path must be a string path, found {ckpt!r}")
