@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE", help="per-sample results as JSON lines")
     parser.add_argument("--batch-size", type=int, default=8, help="clips decoded together (default 8)")
     parser.add_argument("--num-beams", type=int, default=1, help="beam width; 1 = greedy (default)")
+    parser.add_argument("--model-config", metavar="JSON",
+                        help="model.json for a .pth/Megatron checkpoint that matches no preset")
     parser.add_argument("--device", default="auto", choices=("auto", "npu", "cuda", "cpu"))
 
 
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_dataset(
         args.model, args.dataset, args.language, args.split, processor_dir=args.processor, limit=args.limit,
         out_path=args.out, batch_size=args.batch_size, device=args.device, num_beams=args.num_beams,
+        model_config=args.model_config,
     )
     print(summary.line())
     return 0

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     parser.add_argument("--batch-size", type=int, default=8, help="30 s windows decoded together (default 8)")
     parser.add_argument("--num-beams", type=int, default=1, help="beam width; 1 = greedy (default)")
+    parser.add_argument("--model-config", metavar="JSON",
+                        help="model.json for a .pth/Megatron checkpoint that matches no preset")
     parser.add_argument("--device", default="auto", choices=("auto", "npu", "cuda", "cpu"))
     parser.add_argument("--json", action="store_true", help="print one JSON object per file")
 
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from whisper_k8s.inference.transcribe import load_model, load_processor, transcribe_files
 
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, config=args.model_config)
     processor = load_processor(args.model, args.processor)
     results = transcribe_files(
         model, processor, args.audio, language=args.language, batch_size=args.batch_size,

@@ -22,11 +22,12 @@ WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
 def load_audio(source: str | os.PathLike | IO[bytes], name: str | None = None) -> np.ndarray:
     """Decode ``source`` (a path or a binary file object) to a 16 kHz mono float32 array.
 
-    soundfile (libsndfile >= 1.1) reads MP3, WAV and FLAC; several channels are averaged; soxr resamples
-    with its high-quality filter. ``name`` labels error messages when ``source`` is a file object.
+    soundfile (libsndfile >= 1.1) reads MP3, WAV and FLAC; several channels are averaged; the resampling is
+    the trainer's (soxr HQ, librosa's output length), so inference features equal training features.
+    ``name`` labels error messages when ``source`` is a file object.
     """
     import soundfile
-    import soxr
+    from whisper_trainer.data.audio import resample_16k
 
     label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else repr(source))
     if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
@@ -38,9 +39,7 @@ def load_audio(source: str | os.PathLike | IO[bytes], name: str | None = None) -
             f"cannot decode audio {label}: {err}. Give an MP3, WAV or FLAC file (libsndfile >= 1.1 reads MP3)"
         ) from err
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if rate != SAMPLE_RATE and mono.size:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return resample_16k(mono, rate) if mono.size else mono
 
 
 def split_windows(audio: np.ndarray, window_samples: int = WINDOW_SAMPLES) -> list[np.ndarray]:

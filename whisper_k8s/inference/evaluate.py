@@ -133,11 +133,12 @@ def _record(sample: Sample, hypothesis: str, scored: Score) -> dict:
 def evaluate_dataset(model_path, dataset_root: str | os.PathLike, language: str, split: str = "test", *,
                      processor_dir: str | os.PathLike | None = None, limit: int | None = None,
                      out_path: str | os.PathLike | None = None, batch_size: int = 8, device: str = "auto",
-                     num_beams: int = 1, max_new_tokens: int | None = None) -> EvalSummary:
+                     num_beams: int = 1, max_new_tokens: int | None = None, model_config=None) -> EvalSummary:
     """Transcribe ``limit`` (default all) usable samples of ``language``/``split`` and score them.
 
     ``model_path``: a Hugging Face folder, MindSpeed-MM ``.pth`` or Megatron folder (or an already loaded
-    model, then ``processor_dir`` is required). ``out_path``: per-sample JSON lines (optional).
+    model, then ``processor_dir`` is required); ``model_config``: a model.json for a checkpoint that carries
+    none and matches no preset. ``out_path``: per-sample JSON lines (optional).
     """
     from whisper_k8s.inference.transcribe import load_model, load_processor, transcribe_audio
 
@@ -147,7 +148,7 @@ def evaluate_dataset(model_path, dataset_root: str | os.PathLike, language: str,
     skipped: list[str] = []
     samples = iter_samples(dataset_root, language, split, limit=limit, skipped=skipped)
     loaded = not isinstance(model_path, (str, os.PathLike))
-    model = model_path if loaded else load_model(model_path, device)
+    model = model_path if loaded else load_model(model_path, device, config=model_config)
     processor = load_processor(None if loaded else model_path, processor_dir)
     normalize = text_normalizer(language, processor.tokenizer)
     words, chars, n = Errors(), Errors(), 0

@@ -27,7 +27,6 @@ from whisper_k8s.inference.audio import SAMPLE_RATE, load_audio, split_windows
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "npu", "cuda", "cpu")
 
 
 @dataclass
@@ -56,72 +55,40 @@ class Result:
 
 
 def resolve_device(name: str = "auto"):
-    """``auto`` picks an Ascend NPU (torch_npu installed and a device visible), else CUDA, else the CPU."""
+    """``auto`` picks an Ascend NPU, else CUDA, else the CPU (the trainer's rule, so both agree)."""
     import torch
+    from whisper_trainer.parallel import pick_device_type
 
-    if name not in DEVICES:
-        raise UserError(f"--device {name!r} is not one of {', '.join(DEVICES)}")
-    if name in ("auto", "npu") and _npu_available():
-        return torch.device("npu")
-    if name == "npu":
-        raise UserError("--device npu: torch_npu is not installed or no Ascend NPU is visible; use --device auto")
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    if name == "cuda":
-        raise UserError("--device cuda: no CUDA device is visible; use --device auto or cpu")
-    return torch.device("cpu")
+    return torch.device(pick_device_type(name))
 
 
-def _npu_available() -> bool:
-    try:
-        import torch
-        import torch_npu  # noqa: F401  (registers the "npu" device type)
-    except ImportError:
-        return False
-    return bool(torch.npu.is_available())
-
-
-def is_hf_model_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
-
-
-def load_model(path: str | os.PathLike, device: str = "auto", dtype=None):
+def load_model(path: str | os.PathLike, device: str = "auto", dtype=None, config=None):
     """A WhisperForConditionalGeneration in eval mode from a Hugging Face folder, a MindSpeed-MM ``.pth`` or a
-    Megatron checkpoint folder (the last two converted in memory by ``whisper_k8s.convert``)."""
+    Megatron checkpoint (save or ``iter_*`` folder), the last two converted in memory by the converter.
+
+    ``dtype``: "fp32"/"bf16"/"fp16" (default: fp32 on the CPU, where bf16 matmuls are slow, else the
+    checkpoint's own); ``config``: a model.json for checkpoints that carry none and match no preset.
+    """
+    from whisper_k8s.convert import load_hf_model
+
     path = Path(path)
-    torch_device = resolve_device(device) if isinstance(device, str) else device
     if not path.exists():
         raise UserError(f"--model {path} does not exist: give a Hugging Face folder, a .pth or a checkpoint folder")
-    if is_hf_model_dir(path):
-        from transformers import WhisperForConditionalGeneration
-
-        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype or "float32")
-    else:
-        model = _load_converted(path, dtype)
-    return model.to(torch_device).eval()
-
-
-def _load_converted(path: Path, dtype):
-    try:
-        from whisper_k8s.convert import load_hf_model
-    except ImportError as err:
-        raise UserError(
-            f"--model {path} is not a Hugging Face folder (no config.json) and the converter for MindSpeed-MM "
-            f"checkpoints is not available ({err})"
-        ) from err
-    return load_hf_model(path, dtype=dtype)
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    if dtype is None and torch_device.type == "cpu":
+        dtype = "fp32"
+    return load_hf_model(path, config=config, device=torch_device, dtype=dtype).eval()
 
 
 def load_processor(model_path: str | os.PathLike | None = None, processor_dir: str | os.PathLike | None = None):
     """The WhisperProcessor from ``processor_dir`` if given, else from the model folder."""
     from transformers import WhisperProcessor
 
-    for candidate in (processor_dir, model_path):
-        if candidate is not None and _has_processor(Path(candidate)):
-            return WhisperProcessor.from_pretrained(candidate)
-    where = processor_dir or model_path
+    where = processor_dir if processor_dir is not None else model_path
+    if where is not None and _has_processor(Path(where)):
+        return WhisperProcessor.from_pretrained(where)
     raise UserError(
-        f"no Whisper processor (tokenizer and feature extractor) in {where}: pass --processor DIR "
+        f"no Whisper processor (tokenizer.json and preprocessor_config.json) in {where}: pass --processor DIR "
         "(e.g. one written by `python -m whisper_k8s assets processor DIR`)"
     )
 
@@ -308,15 +275,15 @@ def _batched(fn, items: list, batch_size: int) -> list:
 def transcribe_files(model, processor, paths: Sequence[str | os.PathLike], language: str | None = None,
                      batch_size: int = 8, device: str = "auto", *, num_beams: int = 1,
                      processor_dir: str | os.PathLike | None = None, task: str = "transcribe",
-                     max_new_tokens: int | None = None) -> list[Result]:
+                     max_new_tokens: int | None = None, model_config=None) -> list[Result]:
     """Transcribe audio files; ``model`` and ``processor`` may be loaded objects or paths.
 
-    A path model is loaded on ``device`` (a loaded model stays where it is); a None processor is read from
-    ``processor_dir`` or the model folder.
+    A path model is loaded on ``device`` (a loaded model stays where it is; ``model_config`` as in
+    ``load_model``); a None processor is read from ``processor_dir`` or the model folder.
     """
     if isinstance(model, (str, os.PathLike)):
         model_path = model
-        model = load_model(model_path, device)
+        model = load_model(model_path, device, config=model_config)
     else:
         model_path = None
     if processor is None or isinstance(processor, (str, os.PathLike)):
