@@ -87,8 +87,9 @@ def load_processor(model_path: str | os.PathLike | None = None, processor_dir: s
     where = processor_dir if processor_dir is not None else model_path
     if where is not None and _has_processor(Path(where)):
         return WhisperProcessor.from_pretrained(where)
+    found = f"in {where}" if where is not None else "given"
     raise UserError(
-        f"no Whisper processor (tokenizer.json and preprocessor_config.json) in {where}: pass --processor DIR "
+        f"no Whisper processor (tokenizer.json and preprocessor_config.json) {found}: pass --processor DIR "
         "(e.g. one written by `python -m whisper_k8s assets processor DIR`)"
     )
 
