@@ -112,6 +112,16 @@ def interrupted_run(tmp_path_factory, configs):
     return save, first_log, stopped_at, second.stdout + second.stderr
 
 
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, configs):
+    """The same run sharded with FSDP2 (fully_shard per layer), stopped by --exit-interval after 2 iterations."""
+    save = tmp_path_factory.mktemp("fsdp") / "checkpoints"
+    command = trainer_command(*configs, save, "--parallel", "fsdp", "--exit-interval", "2")
+    proc = subprocess.run(command, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return save
+
+
 def final_model(save: Path) -> dict:
     return megatron.load_file(megatron.resolve_model_file(save))["model"]
 
@@ -166,3 +176,14 @@ def test_resumed_run_is_bitwise_equal_to_uninterrupted(full_run, interrupted_run
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
+
+
+def test_fsdp_matches_ddp_and_saves_sharded_optimizer_beside_full_model(full_run, fsdp_run):
+    ddp_losses = [r["loss"] for r in metrics(full_run[0].parent / "metrics.jsonl") if "loss" in r]
+    fsdp_losses = [r["loss"] for r in metrics(fsdp_run.parent / "metrics.jsonl") if "loss" in r]
+    assert fsdp_losses == pytest.approx(ddp_losses[:2], rel=1e-4)
+    iter_dir = megatron.iteration_dir(fsdp_run, 2)
+    ckpt = megatron.load_file(megatron.model_file(iter_dir))
+    assert list(ckpt["model"]) == list(expected_mm_shapes(json.loads(PRESET.read_text())))
+    assert ckpt["optimizer"]["format"] == "torch.distributed.checkpoint"
+    assert (iter_dir / "whisper_k8s" / "optimizer" / ".metadata").is_file()

@@ -166,7 +166,7 @@ def wrap_model(model: torch.nn.Module, env: DistEnv, strategy: str, bf16: bool) 
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [env.device.index] if env.device.type != "cpu" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids)
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
