@@ -204,11 +204,14 @@ def save_file(
     *,
     on_write: Callable[[int], None] | None = None,
     before_rename: Callable[[Path], None] | None = None,
+    fsync: bool = True,
 ) -> None:
     """``torch.save`` to a temp file beside ``path``, fsync, then rename: a reader never sees half a file.
 
     ``on_write(nbytes)`` is called as torch.save writes (progress bars, releasing memory-mapped sources);
-    ``before_rename(tmp)`` runs on the finished temp file just before it is renamed into place.
+    ``before_rename(tmp)`` runs on the finished temp file just before it is renamed into place;
+    ``fsync=False`` skips waiting for the disk (still atomic for readers and killed processes, not durable
+    across a power loss).
     """
     import torch
 
@@ -219,14 +222,16 @@ def save_file(
         with open(tmp, "wb") as f:
             torch.save(obj, _ReportingWriter(f, on_write) if on_write else f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         if before_rename:
             before_rename(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if fsync:
+        _fsync_dir(path.parent)
 
 
 def remove_iteration(root: str | os.PathLike, iteration: int) -> None:
