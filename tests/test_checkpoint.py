@@ -189,7 +189,7 @@ def test_init_from_mindspeed_pth_megatron_folder_and_hf_folder(tmp_path):
     torch.save(mm, tmp_path / "whisper.pth")  # what the seed's conversion script writes
     source.save(tmp_path / "megatron", 7)
     for path in (tmp_path / "whisper.pth", tmp_path / "megatron", megatron.iteration_dir(tmp_path / "megatron", 7)):
-        state = read_pretrained_mm_state(str(path))
+        state = read_pretrained_mm_state(str(path), SMALL)
         target = Setup(seed=6)
         load_mm_state(target.model, state, SMALL, source=str(path))
         assert all(torch.equal(a, b) for a, b in zip(target.model.state_dict().values(),
@@ -200,7 +200,7 @@ def test_init_from_mindspeed_pth_megatron_folder_and_hf_folder(tmp_path):
     hf = WhisperForConditionalGeneration(WhisperConfig(**{k: v for k, v in SMALL.items()
                                                           if k not in ("model_id", "ckpt_path", "torch_dtype")}))
     hf.save_pretrained(tmp_path / "hf")
-    state = read_pretrained_mm_state(str(tmp_path / "hf"))
+    state = read_pretrained_mm_state(str(tmp_path / "hf"), SMALL)
     assert torch.equal(state[LM_HEAD], state[TIED_EMBEDDING])
     target = Setup(seed=6)
     load_mm_state(target.model, state, SMALL, source="hf")
@@ -213,4 +213,4 @@ def test_wrong_shapes_in_ckpt_path_are_named(tmp_path):
     del state[LM_HEAD]
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(UserError, match=r"missing: proj_out.weight.*wrong shape: model.encoder.conv1.weight"):
-        load_mm_state(Setup().model, read_pretrained_mm_state(str(tmp_path / "bad.pth")), SMALL, source="bad.pth")
+        load_mm_state(Setup().model, read_pretrained_mm_state(str(tmp_path / "bad.pth"), SMALL), SMALL, source="bad.pth")

@@ -3,27 +3,17 @@
 Hugging Face ``WhisperForConditionalGeneration`` with SDPA attention, built from a model.json with the LM
 head untied (``tie_word_embeddings=False``): MindSpeed-MM's model has its own ``proj_out.weight`` and trains
 it, so our checkpoints have exactly its keys and shapes (``expected_mm_shapes``). Key names are translated
-only through ``whisper_k8s.formats.mindspeed`` (one mapping for the trainer and the converter).
+only through ``whisper_k8s.convert.mapping`` (one mapping for the trainer and the converter).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import torch
 
 from whisper_k8s.errors import UserError
-from whisper_k8s.formats import megatron
-from whisper_k8s.formats.mindspeed import (
-    LM_HEAD,
-    TIED_EMBEDDING,
-    check_mm_state,
-    expected_mm_shapes,
-    hf_to_mm_key,
-    mm_to_hf_key,
-)
+from whisper_k8s.formats.mindspeed import check_mm_state
 from whisper_trainer.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -59,56 +49,35 @@ def _use_npu_fused_attention_if_present(model) -> None:
 
 
 def mm_state_dict(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    """Hugging Face state dict -> MindSpeed-MM keys in MindSpeed-MM's order, the untied head included.
+    """Hugging Face state dict -> MindSpeed-MM keys in MindSpeed-MM's order (checked against ``config``).
 
     The order matters to tools that compare key lists: Hugging Face declares k/v/q/out projections,
-    MindSpeed-MM q/k/v/out. Keys the config does not expect are kept at the end (and refused by the checks).
+    MindSpeed-MM q/k/v/out. The converter's mapping is used, so trainer and converter cannot disagree.
     """
-    renamed = {hf_to_mm_key(k): v for k, v in state.items()}
-    ordered = {k: renamed.pop(k) for k in expected_mm_shapes(config) if k in renamed}
-    ordered.update(renamed)
-    return ordered
+    from whisper_k8s.convert.mapping import hf_state_to_mm
+
+    return hf_state_to_mm(state, config)
 
 
 def hf_state_dict(mm_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {mm_to_hf_key(k): v for k, v in mm_state.items()}
+    from whisper_k8s.convert.mapping import mm_state_to_hf
+
+    return mm_state_to_hf(mm_state)
 
 
-def _read_hf_folder(folder: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a Hugging Face model folder (safetensors, sharded or not; else pytorch_model.bin)."""
-    from safetensors.torch import load_file as load_safetensors
-
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for name in files:
-            state.update(load_safetensors(str(folder / name)))
-        return state
-    if (folder / "model.safetensors").is_file():
-        return load_safetensors(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").is_file():
-        return megatron.load_file(folder / "pytorch_model.bin")
-    raise UserError(f"ckpt_path {folder}: a Hugging Face folder needs model.safetensors or pytorch_model.bin")
-
-
-def read_pretrained_mm_state(ckpt_path: str) -> dict[str, torch.Tensor]:
+def read_pretrained_mm_state(ckpt_path: str, config: dict) -> dict[str, torch.Tensor]:
     """The MM-key state behind ``ckpt_path``: a MindSpeed-MM .pth, a Megatron folder/file, or an HF folder.
 
-    A Hugging Face checkpoint has no ``proj_out.weight`` (tied on save), so the head is materialised from
-    the decoder embedding: the weights then mean the same thing in the untied model.
+    A Hugging Face checkpoint has no ``proj_out.weight`` (tied on save): the converter's mapping materialises
+    it from the decoder embedding, so the weights mean the same thing in the untied model. Files are
+    memory-mapped and read with ``weights_only`` (whisper_k8s.convert.sources).
     """
-    path = Path(ckpt_path)
-    if path.is_dir() and (path / "config.json").is_file():
-        state = {hf_to_mm_key(k.removeprefix("module.")): v for k, v in _read_hf_folder(path).items()}
-        if LM_HEAD not in state and TIED_EMBEDDING in state:
-            state[LM_HEAD] = state[TIED_EMBEDDING].clone()
-        return state
-    loaded = megatron.load_file(megatron.resolve_model_file(path))
-    state = loaded.get("model", loaded) if isinstance(loaded, dict) else loaded
-    if not isinstance(state, dict):
-        raise UserError(f"ckpt_path {ckpt_path}: expected a state dict (or a dict with 'model')")
-    return state
+    from whisper_k8s.convert.sources import open_source
+
+    source = open_source(ckpt_path)
+    if source.key_style == "mm":
+        return dict(source.tensors)
+    return mm_state_dict(source.tensors, config)
 
 
 def load_mm_state(model, mm_state: dict[str, torch.Tensor], config: dict, *, source: str) -> None:

@@ -77,7 +77,7 @@ class Trainer:
         cfg, env = self.cfg, self.env
         model = build_model(cfg.model, seed=cfg.training.seed)
         if cfg.model.ckpt_path:
-            load_mm_state(model, read_pretrained_mm_state(cfg.model.ckpt_path), cfg.model.fields,
+            load_mm_state(model, read_pretrained_mm_state(cfg.model.ckpt_path, cfg.model.fields), cfg.model.fields,
                           source=f"ckpt_path {cfg.model.ckpt_path}")
             if env.is_main:
                 log.info("initialised from %s", cfg.model.ckpt_path)
