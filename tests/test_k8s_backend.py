@@ -18,6 +18,9 @@ JOBS = "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs"
 PODS = "/api/v1/namespaces/default/pods"
 EVENTS = "/api/v1/namespaces/default/events"
 DISCOVERY = "/apis/kubeflow.org/v1"
+TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/default/trainjobs"
+# What the server answers for the API path of a CRD it does not serve (recorded for kubeflow.org/v1).
+NOT_SERVED = "discovery_get_apis_kubeflow.org_v1_without_crd_404"
 
 # The pods of section 5 belong to job whisper-train; its recorded body is the create answer.
 TRAIN_JOB = {("GET", f"{JOBS}/whisper-train"): "pods_owner_pytorchjob_create_201",
@@ -71,12 +74,20 @@ def test_status_shows_conditions_and_the_final_state():
 
 
 def test_a_missing_job_is_none_and_a_missing_crd_names_what_to_install():
-    backend, _ = scheduler({("GET", f"{JOBS}/whisper-ft"): "pytorchjob_get_after_delete_404"})
+    # no PyTorchJob of that name, and no Trainer v2 in the cluster: no such job
+    backend, fake = scheduler({("GET", f"{JOBS}/whisper-ft"): "pytorchjob_get_after_delete_404",
+                               ("GET", f"{TRAINJOBS}/whisper-ft"): NOT_SERVED})
     assert backend.describe("whisper-ft") is None
+    assert [r[1] for r in fake.requests] == [f"{JOBS}/whisper-ft", f"{TRAINJOBS}/whisper-ft"]
 
-    backend, _ = scheduler({("GET", f"{JOBS}/whisper-ft"): "discovery_get_apis_kubeflow.org_v1_without_crd_404"})
-    with pytest.raises(ClusterError, match="CRD not installed.*training operator.*--server-side"):
+    # neither kind served: the message names both operators and how to install them
+    backend, _ = scheduler({("GET", f"{JOBS}/whisper-ft"): NOT_SERVED, ("GET", f"{TRAINJOBS}/whisper-ft"): NOT_SERVED})
+    with pytest.raises(ClusterError, match="serves neither PyTorchJob .* nor TrainJob .*training operator \\(v1.9\\)"
+                                           ".*--server-side.*Kubeflow Trainer \\(v2.3\\)"):
         backend.describe("whisper-ft")
+    # asked for one kind explicitly: only that kind's hint
+    with pytest.raises(ClusterError, match="CRD not installed.*training operator.*--server-side"):
+        backend.describe("whisper-ft", operator_name="pytorchjob")
 
 
 def test_discovery_finds_or_misses_the_pytorchjob_crd():
@@ -119,10 +130,11 @@ def test_bad_credentials_say_so_and_list_selects_this_kit():
     with pytest.raises(ClusterError, match=r"401 Unauthorized\) for list pytorchjobs.*kubeconfig"):
         backend.list()
 
-    backend, fake = scheduler({("GET", JOBS): "pytorchjob_list_200"})
+    backend, fake = scheduler({("GET", JOBS): "pytorchjob_list_200", ("GET", TRAINJOBS): NOT_SERVED})
     jobs = backend.list()
     assert [(j.name, j.nodes) for j in jobs] == [("whisper-ft", 2)]
-    assert fake.requests == [("GET", JOBS, {"labelSelector": "app.kubernetes.io/part-of=whisper-k8s"})]
+    kit = {"labelSelector": "app.kubernetes.io/part-of=whisper-k8s"}
+    assert fake.requests == [("GET", JOBS, kit), ("GET", TRAINJOBS, kit)]
 
 
 def test_logs_request_the_trainer_container_with_timestamps_and_report_unreadable_logs():

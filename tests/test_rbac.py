@@ -16,7 +16,10 @@ from whisper_k8s.backends.kubernetes import REQUIRED_PERMISSIONS, KubernetesSche
 ROOT = Path(__file__).resolve().parents[1]
 HELM_VERBS = {"get", "create", "patch", "update", "delete"}
 # What the Python code itself reads, besides the chart's objects; plus helm's release records.
-NON_CHART_RESOURCES = {("", "pods"), ("", "pods/log"), ("", "events"), ("", "secrets")}
+NON_CHART_RESOURCES = {("", "pods"), ("", "pods/log"), ("", "pods/exec"), ("", "events"), ("", "secrets")}
+# Every chart configuration whose objects differ in kind: both operators, both gang schedulers.
+CHART_VARIANTS = [{}, {"scheduling": {"gang": "volcano"}}, {"scheduling": {"gang": "coscheduling"}},
+                  {"operator": "trainjob"}, {"operator": "trainjob", "scheduling": {"gang": "volcano"}}]
 
 
 def granted(role: dict) -> set[tuple[str, str, str]]:
@@ -54,11 +57,8 @@ def test_the_binding_and_account_reference_the_role():
                                       "namespace": account["metadata"]["namespace"]}
 
 
-@pytest.mark.parametrize("values", [
-    {},
-    {"scheduling": {"gang": "volcano"}},
-    {"scheduling": {"gang": "coscheduling"}},
-], ids=["default", "volcano", "coscheduling"])
+@pytest.mark.parametrize("values", CHART_VARIANTS, ids=["default", "volcano", "coscheduling", "trainjob",
+                                                         "trainjob-volcano"])
 def test_helm_may_manage_every_object_the_chart_renders(values):
     for doc in chart.render(values, "rbac-check"):
         group = doc["apiVersion"].rpartition("/")[0]
@@ -69,11 +69,12 @@ def test_helm_may_manage_every_object_the_chart_renders(values):
 
 def test_the_table_has_no_resource_that_nothing_uses():
     rendered = set()
-    for values in ({}, {"scheduling": {"gang": "volcano"}}, {"scheduling": {"gang": "coscheduling"}}):
+    for values in CHART_VARIANTS:
         rendered |= {(d["apiVersion"].rpartition("/")[0], d["kind"].lower() + "s")
                      for d in chart.render(values, "rbac-check")}
     used = {(group, resource) for group, resource, _ in REQUIRED_PERMISSIONS}
-    assert used == rendered | NON_CHART_RESOURCES | {("kubeflow.org", "pytorchjobs")}
+    assert ("trainer.kubeflow.org", "trainingruntimes") in rendered
+    assert used == rendered | NON_CHART_RESOURCES
 
 
 def test_every_request_the_backend_makes_is_namespaced_and_granted():
@@ -85,6 +86,9 @@ def test_every_request_the_backend_makes_is_namespaced_and_granted():
         ("GET", f"{jobs}/whisper-train"): ["pods_owner_pytorchjob_create_201"] * 3
         + ["pytorchjob_get_after_delete_404", "pods_owner_pytorchjob_create_201", "pytorchjob_get_after_delete_404"],
         ("GET", jobs): "pytorchjob_list_200",
+        # this cluster serves no Trainer v2 (tests/test_trainjob.py covers that kind's requests)
+        ("GET", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/default/trainjobs"):
+            "discovery_get_apis_kubeflow.org_v1_without_crd_404",
         ("DELETE", f"{jobs}/whisper-train"): "pytorchjob_delete_200",
         ("GET", pods): "pods_list_by_label_selector_200",
         ("GET", f"{pods}?watch=true"): "pods_watch_label_selector.jsonl",

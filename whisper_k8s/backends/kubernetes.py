@@ -5,7 +5,11 @@
 * ``status``/``logs``/``list``/``delete`` read the job object, its pods (found by the operator's pod
   labels), their events and logs. Everything is read back from the cluster; nothing is kept locally.
 * Operator specifics (API group, pod labels, role/rank, conditions, container name, install hint) live in
-  :class:`PyTorchJobOperator`; a TrainJob class with the same methods slots into ``OPERATORS``.
+  :data:`OPERATORS`: :class:`PyTorchJobOperator` (training-operator v1) and :class:`TrainJobOperator`
+  (Kubeflow Trainer v2); label names come from the contracts in :mod:`whisper_k8s.operators`.
+* ``submit`` without ``--operator`` asks API discovery which of the two the cluster serves
+  (:meth:`KubernetesScheduler.choose_operator`); the other commands find a job under either kind by name.
+* ``collect`` reads the job (and a TrainJob's runtime) and lets :mod:`kubernetes_fetch` copy its outputs.
 * Every API call goes through :meth:`KubernetesScheduler._call`, which names its (group, resource, verb)
   from :data:`REQUIRED_PERMISSIONS` (the table ``manifests/rbac/role.yaml`` grants, and a test holds them
   equal) and turns API errors into messages that say what to do.
@@ -23,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from whisper_k8s.backends.base import (
@@ -38,9 +43,10 @@ from whisper_k8s.backends.base import (
 from whisper_k8s.chart import chart_dir, helm_binary
 from whisper_k8s.errors import ClusterError, UserError
 from whisper_k8s.logs import ReplicaRef, merge_logs, parse_timestamped
-from whisper_k8s.operators import pytorchjob
+from whisper_k8s.operators import pytorchjob, trainjob
 
 RBAC_ROLE = "manifests/rbac/role.yaml"
+INSTANCE_LABEL = "app.kubernetes.io/instance"  # the chart's release label on every object it renders
 # Objects of this kit carry the chart's standard name label; `list` selects on it.
 KIT_SELECTOR = "app.kubernetes.io/part-of=whisper-k8s"
 # (connect, read) seconds for ordinary calls; watches and log follows use server-side timeouts instead.
@@ -56,7 +62,24 @@ REQUIRED_PERMISSIONS: dict[tuple[str, str, str], str] = {
     ("kubeflow.org", "pytorchjobs", "patch"): "helm: server-side apply on upgrade",
     ("kubeflow.org", "pytorchjobs", "update"): "helm: upgrade",
     ("kubeflow.org", "pytorchjobs", "delete"): "delete (helm uninstall, or directly when not helm-managed)",
+    ("trainer.kubeflow.org", "trainjobs", "get"): "status, delete verification, re-submit check (Trainer v2)",
+    ("trainer.kubeflow.org", "trainjobs", "list"): "list jobs of this kit (Trainer v2)",
+    ("trainer.kubeflow.org", "trainjobs", "create"): "helm: install the TrainJob",
+    ("trainer.kubeflow.org", "trainjobs", "patch"): "helm: server-side apply on upgrade",
+    ("trainer.kubeflow.org", "trainjobs", "update"): "helm: upgrade",
+    ("trainer.kubeflow.org", "trainjobs", "delete"): "delete (helm uninstall, or directly when not helm-managed)",
+    ("trainer.kubeflow.org", "trainingruntimes", "get"): "collect: the TrainJob's pod spec; delete: is it ours",
+    ("trainer.kubeflow.org", "trainingruntimes", "create"): "helm: the job's own runtime (a pre-install hook)",
+    ("trainer.kubeflow.org", "trainingruntimes", "patch"): "helm",
+    ("trainer.kubeflow.org", "trainingruntimes", "update"): "helm",
+    ("trainer.kubeflow.org", "trainingruntimes", "delete"): "helm: before-hook-creation; delete: uninstall "
+                                                            "leaves hooks behind",
     ("", "pods", "list"): "status/logs: the job's pods by label",
+    ("", "pods", "get"): "collect: wait until the helper pod runs",
+    ("", "pods", "create"): "collect: the helper pod that mounts the outputs volume",
+    ("", "pods", "delete"): "collect: remove the helper pod",
+    ("", "pods/exec", "create"): "collect: stream the outputs tar from the helper pod",
+    ("", "pods/exec", "get"): "collect: the same exec on clusters before 1.31, which authorize its websocket as get",
     ("", "pods", "watch"): "logs --follow: restarts and new pods",
     ("", "pods/log", "get"): "logs",
     ("", "events", "list"): "status: why a pod is pending (FailedScheduling, image pulls)",
@@ -82,7 +105,47 @@ REQUIRED_PERMISSIONS: dict[tuple[str, str, str], str] = {
 
 
 # ------------------------------------------------------------------------------------------- operators
-class PyTorchJobOperator:
+def job_conditions(job: dict[str, Any]) -> list[JobCondition]:
+    """The ``status.conditions`` of a job object (PyTorchJob and TrainJob share the metav1 shape)."""
+    return [JobCondition(type=c.get("type", ""), status=c.get("status", ""), reason=c.get("reason", ""),
+                         message=c.get("message", ""), last_transition=_parse_time(c.get("lastTransitionTime")))
+            for c in job.get("status", {}).get("conditions", []) or []]
+
+
+class JobOperator:
+    """What the backend needs to know about one operator's job objects; subclasses fill in the facts.
+
+    ``final_states`` maps condition types to states, most final first: the first True one decides.
+    """
+
+    name = kind = group = version = plural = container = crd = install_hint = ""
+    final_states: dict[str, str] = {}
+
+    def pod_selector(self, job: str) -> str:
+        raise NotImplementedError
+
+    def role_rank(self, pod: dict[str, Any]) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def nodes(self, job: dict[str, Any]) -> int | None:
+        raise NotImplementedError
+
+    def runtime_name(self, job: dict[str, Any]) -> str | None:
+        """The namespaced TrainingRuntime the job runs on (None: the job document is complete by itself)."""
+        return None
+
+    def state(self, job: dict[str, Any]) -> str:
+        true_types = {c.type for c in job_conditions(job) if c.status == "True"}
+        for condition_type, state in self.final_states.items():
+            if condition_type in true_types:
+                return state
+        return self.unfinished_state(job)
+
+    def unfinished_state(self, job: dict[str, Any]) -> str:
+        return JobState.PENDING
+
+
+class PyTorchJobOperator(JobOperator):
     """Kubeflow training-operator v1: ``kubeflow.org/v1`` PyTorchJob, Master + Worker pods."""
 
     name = "pytorchjob"
@@ -94,8 +157,8 @@ class PyTorchJobOperator:
         '-k "github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0" '
         "(the CRD is too large for a client-side apply)"
     )
-    _states = {"Failed": JobState.FAILED, "Succeeded": JobState.SUCCEEDED, "Suspended": JobState.SUSPENDED,
-               "Restarting": JobState.RUNNING, "Running": JobState.RUNNING, "Created": JobState.PENDING}
+    final_states = {"Failed": JobState.FAILED, "Succeeded": JobState.SUCCEEDED, "Suspended": JobState.SUSPENDED,
+                    "Restarting": JobState.RUNNING, "Running": JobState.RUNNING, "Created": JobState.PENDING}
 
     def pod_selector(self, job: str) -> str:
         return f"{pytorchjob.JOB_NAME_LABEL}={job}"
@@ -107,20 +170,54 @@ class PyTorchJobOperator:
         index = int(labels.get(pytorchjob.REPLICA_INDEX_LABEL, "0"))
         return role, index + 1 if role == "worker" else index
 
-    def state(self, conditions: list[JobCondition]) -> str:
-        """The first condition that is True, in order of finality (Failed beats Succeeded beats Running)."""
-        true_types = {c.type for c in conditions if c.status == "True"}
-        for condition_type, state in self._states.items():
-            if condition_type in true_types:
-                return state
-        return JobState.PENDING
-
-    def nodes(self, job: dict[str, Any]) -> int:
+    def nodes(self, job: dict[str, Any]) -> int | None:
         specs = job.get("spec", {}).get("pytorchReplicaSpecs", {})
         return sum(int(spec.get("replicas", 1)) for spec in specs.values())
 
 
-OPERATORS = {"pytorchjob": PyTorchJobOperator()}
+class TrainJobOperator(JobOperator):
+    """Kubeflow Trainer v2: ``trainer.kubeflow.org/v1alpha1`` TrainJob on a TrainingRuntime, ``node`` pods.
+
+    Its pods belong to a JobSet named like the job; a pod's node rank is its Indexed Job completion index.
+    There is no Running condition: a job whose child Jobs have active or ready pods is Running.
+    """
+
+    name = "trainjob"
+    group, version, plural, kind = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
+    runtime_plural = "trainingruntimes"
+    container = trainjob.CONTAINER
+    crd = "trainjobs.trainer.kubeflow.org"
+    install_hint = (
+        "install Kubeflow Trainer (v2.3): kubectl apply --server-side "
+        '-k "github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=v2.3.0" '
+        "(or helm install kubeflow-trainer oci://ghcr.io/kubeflow/charts/kubeflow-trainer --version 2.3.0 "
+        "--namespace kubeflow-system --create-namespace); the chart brings its own TrainingRuntime"
+    )
+    final_states = {"Failed": JobState.FAILED, "Complete": JobState.SUCCEEDED, "Suspended": JobState.SUSPENDED}
+
+    def pod_selector(self, job: str) -> str:
+        return f"{trainjob.JOBSET_NAME_LABEL}={job},{trainjob.REPLICATED_JOB_LABEL}={trainjob.ROLE}"
+
+    def role_rank(self, pod: dict[str, Any]) -> tuple[str, int]:
+        """The completion index (label since Kubernetes 1.28, annotation always) is the node rank."""
+        metadata = pod.get("metadata", {})
+        index = (metadata.get("labels") or {}).get(trainjob.COMPLETION_INDEX) \
+            or (metadata.get("annotations") or {}).get(trainjob.COMPLETION_INDEX, "0")
+        return trainjob.ROLE, int(index)
+
+    def nodes(self, job: dict[str, Any]) -> int | None:
+        return job.get("spec", {}).get("trainer", {}).get("numNodes")
+
+    def runtime_name(self, job: dict[str, Any]) -> str | None:
+        ref = job.get("spec", {}).get("runtimeRef") or {}
+        return ref.get("name") if ref.get("kind") == "TrainingRuntime" else None
+
+    def unfinished_state(self, job: dict[str, Any]) -> str:
+        children = job.get("status", {}).get("jobsStatus") or []
+        return JobState.RUNNING if any(c.get("active") or c.get("ready") for c in children) else JobState.PENDING
+
+
+OPERATORS: dict[str, JobOperator] = {"pytorchjob": PyTorchJobOperator(), "trainjob": TrainJobOperator()}
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -158,6 +255,26 @@ def _api_message(body: Any) -> str:
         return json.loads(body).get("message", "") or str(body)
     except (TypeError, ValueError, AttributeError):
         return (body.decode() if isinstance(body, bytes) else str(body or "")).strip()
+
+
+def _not_served(err: Any) -> bool:
+    """A 404 for the API path itself (plain text ``404 page not found``), not for a missing object."""
+    return "page not found" in _api_message(err.body)
+
+
+class _NotServed(Exception):
+    """The cluster does not serve an operator's API; ``error`` is the ClusterError that says what to install."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def no_operator_message() -> str:
+    """What to install when the cluster serves neither job kind."""
+    kinds = " nor ".join(f"{o.kind} ({o.crd})" for o in OPERATORS.values())
+    hints = "; or ".join(o.install_hint for o in OPERATORS.values())
+    return f"this cluster serves neither {kinds}: no training operator is installed. To fix, {hints}"
 
 
 def _load(response: Any) -> dict[str, Any]:
@@ -226,7 +343,9 @@ class KubernetesScheduler(Scheduler):
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        assert (access.group, access.resource, access.verb) in REQUIRED_PERMISSIONS, access
+        # non-resource URLs (discovery, "/apis") are open to every authenticated user: no Role rule
+        assert access.resource.startswith("/") or \
+            (access.group, access.resource, access.verb) in REQUIRED_PERMISSIONS, access
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         try:
             return method(*args, **kwargs)
@@ -258,7 +377,7 @@ class KubernetesScheduler(Scheduler):
             return UserError(f"the API server refused {access.verb} {target}: {message}")
         return ClusterError(f"{access.verb} {target} failed ({err.status} {err.reason}): {message}")
 
-    def _operator(self, name: str) -> PyTorchJobOperator:
+    def _operator(self, name: str) -> JobOperator:
         try:
             return OPERATORS[name]
         except KeyError:
@@ -266,7 +385,7 @@ class KubernetesScheduler(Scheduler):
                             f"use one of {', '.join(OPERATORS)}") from None
 
     # -- discovery
-    def operator_served(self, operator: PyTorchJobOperator) -> bool:
+    def operator_served(self, operator: JobOperator) -> bool:
         """Whether API discovery lists the operator's resource (GET /apis/<group>/<version>)."""
         from kubernetes.client.exceptions import ApiException
 
@@ -279,15 +398,40 @@ class KubernetesScheduler(Scheduler):
             raise self._explain(err, _Access(operator.group, operator.plural, "get")) from None
         return any(r.get("name") == operator.plural for r in _load(response).get("resources", []))
 
-    def require_operator(self, name: str) -> PyTorchJobOperator:
+    def require_operator(self, name: str) -> JobOperator:
         operator = self._operator(name)
         if not self.operator_served(operator):
             raise ClusterError(f"the {operator.kind} CRD ({operator.crd}) is not installed in this cluster: "
                                f"{operator.install_hint}")
         return operator
 
+    def served_operators(self) -> list[str]:
+        """The operators whose job resource the cluster serves: GET /apis, then each listed group version."""
+        from kubernetes import client
+
+        response = self._call(_Access("", "/apis", "get"), client.ApisApi(self.api_client).get_api_versions,
+                              _preload_content=False)
+        listed = {(group["name"], version["version"]) for group in _load(response).get("groups", [])
+                  for version in group.get("versions", [])}
+        return [name for name, operator in OPERATORS.items()
+                if (operator.group, operator.version) in listed and self.operator_served(operator)]
+
+    def choose_operator(self, requested: str | None = None) -> str:
+        """``requested`` when given; else the one the cluster serves (PyTorchJob when it serves both).
+
+        Both served usually means a cluster in migration; the chart's default keeps its behaviour, and
+        ``--operator trainjob`` picks the other one.
+        """
+        if requested:
+            return self._operator(requested).name
+        served = self.served_operators()
+        if not served:
+            raise ClusterError(no_operator_message())
+        return served[0]
+
     # -- reading objects
-    def _get_job(self, operator: PyTorchJobOperator, name: str) -> dict[str, Any] | None:
+    def _read_job(self, operator: JobOperator, name: str) -> dict[str, Any] | None:
+        """The job object; None when there is none. Raises _NotServed when the cluster lacks the CRD."""
         from kubernetes.client.exceptions import ApiException
 
         access = _Access(operator.group, operator.plural, "get", name)
@@ -296,12 +440,60 @@ class KubernetesScheduler(Scheduler):
                 operator.group, operator.version, self.namespace, operator.plural, name,
                 _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as err:
-            if err.status == 404 and "page not found" not in _api_message(err.body):
+            if err.status == 404 and _not_served(err):
+                raise _NotServed(self._explain(err, access)) from None
+            if err.status == 404:
                 return None
             raise self._explain(err, access) from None
         return _load(response)
 
-    def _pods(self, operator: PyTorchJobOperator, name: str) -> dict[str, Any]:
+    def _get_job(self, operator: JobOperator, name: str) -> dict[str, Any] | None:
+        try:
+            return self._read_job(operator, name)
+        except _NotServed as missing:
+            raise missing.error from None
+
+    def find_job(self, name: str, operator_name: str | None = None) -> tuple[JobOperator, dict[str, Any]] | None:
+        """The job called ``name`` under the given operator, else under whichever kind holds it (PyTorchJob
+        first); None when no kind holds it. ClusterError names what to install when no kind is served."""
+        candidates = [self._operator(operator_name)] if operator_name else list(OPERATORS.values())
+        unserved = []
+        for operator in candidates:
+            try:
+                job = self._read_job(operator, name)
+            except _NotServed as missing:
+                unserved.append(missing)
+                continue
+            if job is not None:
+                return operator, job
+        if len(unserved) == len(candidates):
+            raise unserved[0].error if operator_name else ClusterError(no_operator_message())
+        return None
+
+    def _require_job(self, name: str, operator_name: str | None = None) -> tuple[JobOperator, dict[str, Any]]:
+        found = self.find_job(name, operator_name)
+        if found is None:
+            raise UserError(f"no job {name} in namespace {self.namespace} (see `python -m whisper_k8s list`)")
+        return found
+
+    def _get_runtime(self, operator: JobOperator, job: dict[str, Any]) -> dict[str, Any] | None:
+        """A TrainJob's namespaced TrainingRuntime (None for a PyTorchJob, or when it is gone)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = operator.runtime_name(job)
+        if name is None:
+            return None
+        access = _Access(operator.group, TrainJobOperator.runtime_plural, "get", name)
+        try:
+            return _load(self._custom().get_namespaced_custom_object(
+                operator.group, operator.version, self.namespace, access.resource, name,
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as err:
+            if err.status == 404 and not _not_served(err):
+                return None
+            raise self._explain(err, access) from None
+
+    def _pods(self, operator: JobOperator, name: str) -> dict[str, Any]:
         return _load(self._call(_Access("", "pods", "list"), self._core().list_namespaced_pod, self.namespace,
                                 label_selector=operator.pod_selector(name), _preload_content=False))
 
@@ -340,12 +532,12 @@ class KubernetesScheduler(Scheduler):
         self._run_helm(args, request.name)
         return make_handle(self.name, request.namespace, request.name)
 
-    def _refuse_finished_job(self, operator: PyTorchJobOperator, name: str) -> None:
+    def _refuse_finished_job(self, operator: JobOperator, name: str) -> None:
         """An upgrade cannot restart a finished job (the operator ignores it): say so instead."""
         job = self._get_job(operator, name)
         if job is None:
             return
-        state = operator.state(self._conditions(job))
+        state = operator.state(job)
         if state in JobState.TERMINAL:
             raise UserError(f"job {self.namespace}/{name} already finished ({state}): collect its outputs, "
                             f"then `python -m whisper_k8s delete {name}` or submit with another --name")
@@ -368,33 +560,25 @@ class KubernetesScheduler(Scheduler):
             raise UserError(f"no release {name} in namespace {self.namespace}: not found")
         raise ClusterError(f"`{shlex.join(args[:4])} ...` failed: {stderr}")
 
-    @staticmethod
-    def _conditions(job: dict[str, Any]) -> list[JobCondition]:
-        return [JobCondition(type=c.get("type", ""), status=c.get("status", ""), reason=c.get("reason", ""),
-                             message=c.get("message", ""),
-                             last_transition=_parse_time(c.get("lastTransitionTime")))
-                for c in job.get("status", {}).get("conditions", []) or []]
-
-    def _job_status(self, operator: PyTorchJobOperator, job: dict[str, Any]) -> JobStatus:
-        conditions = self._conditions(job)
+    def _job_status(self, operator: JobOperator, job: dict[str, Any]) -> JobStatus:
         metadata = job.get("metadata", {})
         return JobStatus(name=metadata.get("name", ""), namespace=self.namespace, backend=self.name,
-                         state=operator.state(conditions), conditions=conditions,
+                         state=operator.state(job), conditions=job_conditions(job),
                          created=_parse_time(metadata.get("creationTimestamp")), operator=operator.name,
                          nodes=operator.nodes(job))
 
-    def describe(self, name: str, operator_name: str = "pytorchjob") -> JobStatus | None:
-        operator = self._operator(operator_name)
-        job = self._get_job(operator, name)
-        if job is None:
+    def describe(self, name: str, operator_name: str | None = None) -> JobStatus | None:
+        found = self.find_job(name, operator_name)
+        if found is None:
             return None
+        operator, job = found
         status = self._job_status(operator, job)
         pods = sorted(self._pods(operator, name).get("items", []), key=lambda p: operator.role_rank(p)[1])
         status.pods = [self._pod_status(operator, pod) for pod in pods]
         status.problems = [hint for pod in status.pods if (hint := self._hint(pod))]
         return status
 
-    def _pod_status(self, operator: PyTorchJobOperator, pod: dict[str, Any]) -> PodStatus:
+    def _pod_status(self, operator: JobOperator, pod: dict[str, Any]) -> PodStatus:
         role, rank = operator.role_rank(pod)
         metadata, spec, state = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
         containers = state.get("containerStatuses") or []
@@ -442,22 +626,57 @@ class KubernetesScheduler(Scheduler):
             return f"{pod.label} keeps crashing: see `python -m whisper_k8s logs <job> --role {pod.role}`"
         return ""
 
-    def list(self, operator_name: str = "pytorchjob") -> list[JobStatus]:
-        operator = self._operator(operator_name)
-        response = self._call(_Access(operator.group, operator.plural, "list"),
-                              self._custom().list_namespaced_custom_object, operator.group, operator.version,
-                              self.namespace, operator.plural, label_selector=KIT_SELECTOR,
-                              _preload_content=False)
-        jobs = _load(response).get("items", [])
-        return sorted((self._job_status(operator, job) for job in jobs), key=lambda s: s.name)
+    def list(self, operator_name: str | None = None) -> list[JobStatus]:
+        """This kit's jobs of every kind the cluster serves (or of ``operator_name``), by name."""
+        from kubernetes.client.exceptions import ApiException
 
-    def cancel(self, name: str, operator_name: str = "pytorchjob", timeout: float = 120.0) -> None:
-        """helm uninstall; a job applied without helm (manifests/) is deleted directly; then verify it is gone."""
-        operator = self._operator(operator_name)
+        candidates = [self._operator(operator_name)] if operator_name else list(OPERATORS.values())
+        statuses, unserved = [], []
+        for operator in candidates:
+            access = _Access(operator.group, operator.plural, "list")
+            try:
+                response = self._custom().list_namespaced_custom_object(
+                    operator.group, operator.version, self.namespace, operator.plural,
+                    label_selector=KIT_SELECTOR, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as err:
+                if err.status == 404 and _not_served(err):
+                    unserved.append(self._explain(err, access))
+                    continue
+                raise self._explain(err, access) from None
+            statuses += [self._job_status(operator, job) for job in _load(response).get("items", [])]
+        if len(unserved) == len(candidates):
+            raise unserved[0] if operator_name else ClusterError(no_operator_message())
+        return sorted(statuses, key=lambda s: (s.name, s.operator))
+
+    def cancel(self, name: str, operator_name: str | None = None, timeout: float = 120.0) -> None:
+        """helm uninstall; a job applied without helm (manifests/) is deleted directly; then verify it is gone.
+
+        A TrainJob's runtime is a helm hook (created before the job), which `helm uninstall` leaves behind:
+        it is deleted here too when it is this job's own.
+        """
+        found = self.find_job(name, operator_name)
         uninstalled = self._helm_uninstall(name)
-        if not uninstalled and self._get_job(operator, name) is None:
-            raise UserError(f"no job {name} in namespace {self.namespace} (see `python -m whisper_k8s list`)")
+        if found is None:
+            if not uninstalled:
+                raise UserError(f"no job {name} in namespace {self.namespace} (see `python -m whisper_k8s list`)")
+            return
+        operator, job = found
+        runtime = self._get_runtime(operator, job)
         self.delete_job(operator, name, timeout)
+        if runtime is not None and (runtime["metadata"].get("labels") or {}).get(INSTANCE_LABEL) == name:
+            self._delete_runtime(operator, runtime["metadata"]["name"])
+
+    def _delete_runtime(self, operator: JobOperator, runtime: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        access = _Access(operator.group, TrainJobOperator.runtime_plural, "delete", runtime)
+        try:
+            self._custom().delete_namespaced_custom_object(
+                operator.group, operator.version, self.namespace, access.resource, runtime,
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as err:
+            if err.status != 404:
+                raise self._explain(err, access) from None
 
     def _helm_uninstall(self, name: str) -> bool:
         """Uninstall the release; False when helm has no release of that name."""
@@ -470,7 +689,7 @@ class KubernetesScheduler(Scheduler):
             raise
         return True
 
-    def delete_job(self, operator: PyTorchJobOperator, name: str, timeout: float = 120.0) -> None:
+    def delete_job(self, operator: JobOperator, name: str, timeout: float = 120.0) -> None:
         """Delete the job object if it is still there (its pods go with it) and wait until GET says 404."""
         from kubernetes.client.exceptions import ApiException
 
@@ -489,6 +708,27 @@ class KubernetesScheduler(Scheduler):
                                    f"check finalizers with `kubectl get {operator.plural} {name} -o yaml`")
             time.sleep(self.poll_seconds)
 
+    # -- collect
+    def fetch_outputs(self, name: str, dest: Path) -> Path:
+        """Copy the job's outputs through a short-lived pod that mounts its outputs volume (kubernetes_fetch)."""
+        from kubernetes.client.exceptions import ApiException
+
+        from whisper_k8s.backends import kubernetes_fetch
+
+        operator, job = self._require_job(name)
+        documents = [job]
+        if operator.runtime_name(job) is not None:
+            runtime = self._get_runtime(operator, job)
+            if runtime is None:
+                raise UserError(f"the {operator.kind} {name} runs on TrainingRuntime {operator.runtime_name(job)}, "
+                                f"which is gone from namespace {self.namespace}: its pod spec (the outputs volume) "
+                                "cannot be read")
+            documents.append(runtime)
+        try:
+            return kubernetes_fetch.fetch_outputs(self.api_client, documents, Path(dest), operator=operator.name)
+        except ApiException as err:
+            raise self._explain(err, _Access("", "pods", "create", f"{name}-collect")) from None
+
     def _helm_cluster_flags(self) -> list[str]:
         flags = ["--kubeconfig", self.kubeconfig] if self.kubeconfig else []
         return flags + (["--kube-context", self.context] if self.context else [])
@@ -496,10 +736,8 @@ class KubernetesScheduler(Scheduler):
     # -- logs
     def log_iter(self, name: str, *, follow: bool = False, since: float | None = None,
                  role: str | None = None, rank: int | None = None,
-                 operator_name: str = "pytorchjob") -> Iterator[str]:
-        operator = self._operator(operator_name)
-        if self._get_job(operator, name) is None:
-            raise UserError(f"no job {name} in namespace {self.namespace} (see `python -m whisper_k8s list`)")
+                 operator_name: str | None = None) -> Iterator[str]:
+        operator, _ = self._require_job(name, operator_name)
         snapshots = self._watch_replicas(operator, name) if follow else iter([self._replicas(operator, name)])
 
         def open_stream(replica: ReplicaRef, following: bool) -> Iterator[tuple[datetime | None, str]]:
@@ -508,7 +746,7 @@ class KubernetesScheduler(Scheduler):
         for line in merge_logs(snapshots, open_stream, follow=follow, role=role, rank=rank):
             yield str(line)
 
-    def _replica(self, operator: PyTorchJobOperator, pod: dict[str, Any]) -> ReplicaRef:
+    def _replica(self, operator: JobOperator, pod: dict[str, Any]) -> ReplicaRef:
         role, rank = operator.role_rank(pod)
         containers = [c for c in pod.get("status", {}).get("containerStatuses") or []
                       if c.get("name") == operator.container]
@@ -518,10 +756,10 @@ class KubernetesScheduler(Scheduler):
         return ReplicaRef(role=role, rank=rank, name=pod["metadata"]["name"],
                           instance=f"{pod['metadata'].get('uid', '')}/{restarts}", ready=ready)
 
-    def _replicas(self, operator: PyTorchJobOperator, name: str) -> list[ReplicaRef]:
+    def _replicas(self, operator: JobOperator, name: str) -> list[ReplicaRef]:
         return [self._replica(operator, pod) for pod in self._pods(operator, name).get("items", [])]
 
-    def _watch_replicas(self, operator: PyTorchJobOperator, name: str) -> Iterator[list[ReplicaRef]]:
+    def _watch_replicas(self, operator: JobOperator, name: str) -> Iterator[list[ReplicaRef]]:
         """Snapshots of the job's pods from list + watch, until the job has ended (or is gone)."""
         while True:
             listing = self._pods(operator, name)
@@ -538,11 +776,11 @@ class KubernetesScheduler(Scheduler):
             if self._job_ended(operator, name):
                 return
 
-    def _job_ended(self, operator: PyTorchJobOperator, name: str) -> bool:
+    def _job_ended(self, operator: JobOperator, name: str) -> bool:
         job = self._get_job(operator, name)
-        return job is None or operator.state(self._conditions(job)) in JobState.TERMINAL
+        return job is None or operator.state(job) in JobState.TERMINAL
 
-    def _pod_events(self, operator: PyTorchJobOperator, name: str,
+    def _pod_events(self, operator: JobOperator, name: str,
                     resource_version: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
         response = self._call(_Access("", "pods", "watch"), self._core().list_namespaced_pod, self.namespace,
                               label_selector=operator.pod_selector(name), watch=True,
@@ -559,7 +797,7 @@ class KubernetesScheduler(Scheduler):
         finally:
             response.release_conn()
 
-    def _log_lines(self, operator: PyTorchJobOperator, replica: ReplicaRef, follow: bool,
+    def _log_lines(self, operator: JobOperator, replica: ReplicaRef, follow: bool,
                    since: float | None) -> Iterator[tuple[datetime | None, str]]:
         from kubernetes.client.exceptions import ApiException
 
