@@ -3,17 +3,15 @@ detected, on NPU, GPU or CPU.
 
 Why not ``model.generate(language=...)``: Whisper's own generate needs a complete generation_config
 (``lang_to_id``, ``task_to_id``, ...), which models pretrained from scratch here and converted MindSpeed-MM
-checkpoints do not carry. So the decoder prompt is built from the tokenizer's special tokens
-(``<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>``, the same prefix the trainer's labels hold),
-and the plain encoder-decoder generation loop of transformers runs greedy or beam search from it until
-``<|endoftext|>``. Language detection is Whisper's: one decoder step after ``<|startoftranscript|>`` on the
+checkpoints do not carry. So the decoder prompt is ``<|startoftranscript|>`` followed by the prefix the
+trainer's labels hold (its LabelEncoder: ``<|lang|><|transcribe|><|notimestamps|>``), and the plain
+encoder-decoder generation loop of transformers runs greedy or beam search from it until ``<|endoftext|>``. Language detection is Whisper's: one decoder step after ``<|startoftranscript|>`` on the
 first window, arg-max over the language tokens.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,9 +22,6 @@ import numpy as np
 
 from whisper_k8s.errors import UserError
 from whisper_k8s.inference.audio import SAMPLE_RATE, load_audio, split_windows
-
-log = logging.getLogger(__name__)
-
 
 
 @dataclass
