@@ -1,9 +1,10 @@
 """Batched Whisper log-mel features, numerically equal to ``transformers.WhisperFeatureExtractor``.
 
 The extractor pads every clip to 30 s and transforms all 3000 frames, although a Common Voice clip is ~5 s:
-most of that work turns zeros into the constant log10(1e-10). Here a batch is transformed only up to the frame
-where its longest clip's signal ends (plus the STFT window), and the remaining frames are filled with that same
-constant, so the result equals the full computation while costing about clip length / 30 s of it. The steps
+most of that work turns zeros into the constant log10(1e-10). Here each clip is transformed only up to the
+frame where its signal ends (plus the STFT window), the frames of all clips of a batch share one sparse mel
+product and one log, and the remaining frames are filled with the value all-zero frames give, so the result
+equals the full computation while costing about clip length / 30 s of it. The steps
 and their order follow the extractor: Hann-windowed 400-point STFT, hop 160, last frame dropped, power, slaney
 mel filters, log10 of max(x, 1e-10), floor at (per-sample max - 8), then (x + 4) / 4.
 """
@@ -57,29 +58,41 @@ class LogMel:
     def __call__(self, waveforms: list[np.ndarray]):
         import torch
 
-        longest = max(waveform.shape[0] for waveform in waveforms)
-        # Frames at or beyond `computed` see only zero padding (their window starts past the signal); the
-        # padded length keeps the STFT's right-hand reflection inside zeros too, as in the 30 s computation.
-        computed = min(N_FRAMES, -(-(longest + N_FFT // 2) // HOP_LENGTH))
-        length = min(MAX_SAMPLES, (computed - 1) * HOP_LENGTH + N_FFT + 1)
-        batch = torch.zeros(len(waveforms), length)
-        for row, waveform in enumerate(waveforms):
-            clip = waveform[:length]
-            batch[row, : clip.shape[0]] = torch.from_numpy(clip)
-        spectrum = torch.view_as_real(
-            torch.stft(batch, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)[..., :computed]
-        )
-        power = spectrum[..., 0].square().add_(spectrum[..., 1].square())  # |X|^2 without complex abs (a sqrt)
-        batch_size, bins, _ = power.shape
-        # [B, 201, T] -> [201, B*T] so one sparse product serves the whole batch, then back to [B, n_mels, T].
-        mel = self.filters @ power.permute(1, 0, 2).reshape(bins, -1)
-        log_spec = mel.view(self.n_mels, batch_size, computed).permute(1, 0, 2).clamp(min=1e-10).log10_()
-        peak = log_spec.amax(dim=(1, 2))
-        if computed < N_FRAMES:
-            peak = peak.clamp(min=LOG_FLOOR)
-        floor = (peak - 8.0).view(-1, 1, 1)
+        frames = [signal_frames(waveform.shape[0]) for waveform in waveforms]
+        powers = [self._power(waveform, computed) for waveform, computed in zip(waveforms, frames, strict=True)]
+        # One sparse product and one log over every clip's frames side by side: [201, sum T] -> [n_mels, sum T].
+        log_spec = (self.filters @ torch.cat(powers, dim=1)).clamp_(min=1e-10).log10_()
         features = torch.empty(len(waveforms), self.n_mels, N_FRAMES)
-        features[..., :computed] = torch.maximum(log_spec, floor).add_(4.0).div_(4.0)
-        padding_value = (floor.clamp(min=LOG_FLOOR) + 4.0) / 4.0
-        features[..., computed:] = padding_value.expand(-1, self.n_mels, N_FRAMES - computed)
+        for row, clip_log_spec in enumerate(log_spec.split(frames, dim=1)):
+            _finish(clip_log_spec, features[row])
         return features
+
+    def _power(self, waveform: np.ndarray, computed: int):
+        """|STFT|^2 [201, computed] of one clip, transformed only as far as its signal reaches."""
+        import torch
+
+        # The zero padding keeps the STFT's right-hand reflection inside zeros, as in the 30 s computation.
+        length = min(MAX_SAMPLES, (computed - 1) * HOP_LENGTH + N_FFT + 1)
+        clip = torch.from_numpy(waveform[:length])
+        signal = torch.nn.functional.pad(clip, (0, length - clip.shape[0]))
+        spectrum = torch.stft(signal, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)[:, :computed]
+        parts = torch.view_as_real(spectrum)
+        return parts[..., 0].square().add_(parts[..., 1].square())  # |X|^2 without complex abs (a sqrt)
+
+
+def signal_frames(num_samples: int) -> int:
+    """Frames whose window reaches into a clip of ``num_samples`` samples; later ones see only zero padding."""
+    return min(N_FRAMES, -(-(num_samples + N_FFT // 2) // HOP_LENGTH))
+
+
+def _finish(log_spec, out) -> None:
+    """Floor at (peak - 8), scale, and fill the frames past the signal with the value zeros give."""
+    import torch
+
+    computed = log_spec.shape[1]
+    peak = log_spec.max()
+    if computed < N_FRAMES:
+        peak = peak.clamp(min=LOG_FLOOR)  # the all-zero frames (log10(1e-10)) take part in the peak too
+    floor = peak - 8.0
+    out[:, :computed] = torch.maximum(log_spec, floor).add_(4.0).div_(4.0)
+    out[:, computed:].fill_((floor.clamp(min=LOG_FLOOR) + 4.0) / 4.0)
