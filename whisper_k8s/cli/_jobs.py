@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from typing import Any
 
 from whisper_k8s.backends import BACKENDS, DEFAULT_BACKEND, Scheduler, get_scheduler
 from whisper_k8s.errors import UserError
@@ -45,3 +47,16 @@ def scheduler(args: argparse.Namespace) -> Scheduler:
     elif args.kubeconfig or args.context:
         raise UserError(f"--kubeconfig/--context do not apply to the {args.backend} backend: drop them")
     return get_scheduler(args.backend, **kwargs)
+
+
+def choose_operator(scheduler: Scheduler, user_values: dict[str, Any]) -> None:
+    """Set ``operator`` when neither ``--operator`` nor a values file chose it and the backend can ask its
+    cluster which kind it serves (Kubernetes: API discovery); other backends keep the chart's default.
+
+    The choice lands in the kept values file, so a re-submit with ``-f`` renders the same kind.
+    """
+    choose = getattr(scheduler, "choose_operator", None)
+    if "operator" in user_values or choose is None:
+        return
+    user_values["operator"] = choose()
+    print(f"operator: {user_values['operator']} (served by the cluster; --operator overrides)", file=sys.stderr)

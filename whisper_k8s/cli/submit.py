@@ -17,6 +17,7 @@ EXAMPLES = """
   python -m whisper_k8s submit --name demo --local --nodes 2 --accelerator cpu -f examples/tiny.yaml --follow
   python -m whisper_k8s submit --name whisper-hi -f runs/whisper-hi/values.yaml --set training.trainIters=600
   python -m whisper_k8s submit --name whisper-hi --nodes 16 --dry-run | kubectl apply --dry-run=server -f -
+  python -m whisper_k8s submit --name whisper-v2 --nodes 2 --operator trainjob   # Kubeflow Trainer v2
 """
 
 
@@ -30,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", help="pretrained HF model folder under /models to start from")
     parser.add_argument("--preset", help="model preset (helm/files/model-presets): large-v3, tiny")
     parser.add_argument("--language", help="Common Voice locale(s), e.g. hi or hi,en")
-    parser.add_argument("--operator", choices=("pytorchjob", "trainjob"), help="training operator kind")
+    parser.add_argument("--operator", choices=("pytorchjob", "trainjob"),
+                        help="job kind: PyTorchJob (training-operator v1) or TrainJob (Kubeflow Trainer v2); "
+                             "default: the one the cluster serves (local runs and dry runs: pytorchjob)")
     parser.add_argument("-f", "--values", dest="values_files", action="append", default=[], metavar="FILE",
                         help="chart values file (repeatable; later files win)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -53,12 +56,14 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or datetime.now(timezone.utc).strftime("whisper-%Y%m%d-%H%M%S")
     user_values = values.build_values(args.values_files, vars(args), args.sets, args.set_strings)
     user_values.setdefault("fullnameOverride", name)  # the job is named like the release
+    scheduler = _jobs.scheduler(args)
+    if not args.dry_run:
+        _jobs.choose_operator(scheduler, user_values)
     values.validate(user_values)
     documents = chart.render(user_values, name, args.namespace)
     values_file = values.write_values(user_values, args.values_out or values.default_values_path(name))
     request = AppRequest(name=name, namespace=args.namespace, values=user_values, documents=documents,
                          operator=user_values.get("operator", "pytorchjob"), values_file=values_file)
-    scheduler = _jobs.scheduler(args)
     if args.dry_run:
         print(scheduler.dryrun(request), end="")
         return 0
