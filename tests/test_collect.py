@@ -62,11 +62,13 @@ def cli(*args, env, timeout=240):
                           cwd=env["WORK"], env=env, timeout=timeout)
 
 
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_local_two_node_job_trains_and_collects_a_loadable_model(tmp_path, cv_dataset, processor_dir):
-    """submit --local --nodes 2 --follow -> both ranks log -> Succeeded -> collect -> from_pretrained."""
-    env = dict(os.environ, WHISPER_K8S_STATE=str(tmp_path / "state"), WORK=str(tmp_path))
+def local_env(tmp_path: Path) -> dict:
+    """The environment of CLI runs whose local jobs live under ``tmp_path`` (shared with test_trainjob)."""
+    return dict(os.environ, WHISPER_K8S_STATE=str(tmp_path / "state"), WORK=str(tmp_path))
+
+
+def tiny_values_file(tmp_path: Path, processor_dir: Path) -> Path:
+    """Values of a 2-iteration CPU job of the tiny preset on the synthetic English set."""
     values = tmp_path / "tiny.yaml"
     values.write_text(json.dumps({
         "model": {"preset": "tiny"},
@@ -74,6 +76,15 @@ def test_local_two_node_job_trains_and_collects_a_loadable_model(tmp_path, cv_da
         "training": {"trainIters": 2, "microBatchSize": 2, "numWorkers": 0, "bf16": False, "saveInterval": 1,
                      "logInterval": 1},
     }))
+    return values
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_local_two_node_job_trains_and_collects_a_loadable_model(tmp_path, cv_dataset, processor_dir):
+    """submit --local --nodes 2 --follow -> both ranks log -> Succeeded -> collect -> from_pretrained."""
+    env = local_env(tmp_path)
+    values = tiny_values_file(tmp_path, processor_dir)
     submitted = cli("submit", "--name", "e2e", "--local", "--nodes", "2", "--accelerator", "cpu",
                     "--dataset", str(cv_dataset), "-f", str(values), "--values-out", str(tmp_path / "v.yaml"),
                     "--follow", env=env)
