@@ -22,6 +22,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="convert even if the marker says the output is current; replace a foreign DST")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--fsync", action="store_true",
+                        help="wait until the output is on disk before renaming it into place (survives a power "
+                             "loss; slower by the time the disk needs to write it)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,9 +57,11 @@ def run(args: argparse.Namespace) -> int:
         return 1 if report.problems else 0
     if args.direction == "hf-to-mm":
         result = convert.convert_hf_to_mm(args.src, args.dst, dtype=args.dtype, megatron_layout=args.megatron,
-                                          config=args.config, force=args.force, quiet=args.quiet)
+                                          config=args.config, force=args.force, quiet=args.quiet,
+                                          durable=args.fsync)
     else:
         result = convert.convert_mm_to_hf(args.src, args.dst, config=args.config, processor=args.processor,
-                                          dtype=args.dtype, force=args.force, quiet=args.quiet)
+                                          dtype=args.dtype, force=args.force, quiet=args.quiet,
+                                          durable=args.fsync)
     print(result.summary())
     return 0

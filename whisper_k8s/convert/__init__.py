@@ -2,8 +2,10 @@
 verified; plus in-memory mappings and a loader that gives a transformers model from any of them.
 
 Public API (each imports torch on use):
-- ``convert_hf_to_mm(src, dst, *, dtype=None, megatron_layout=False, config=None, force=False, quiet=False)``
-- ``convert_mm_to_hf(src, dst, *, config=None, processor=None, dtype=None, force=False, quiet=False)``
+- ``convert_hf_to_mm(src, dst, *, dtype=None, megatron_layout=False, config=None, force=False, quiet=False,
+  durable=False)``
+- ``convert_mm_to_hf(src, dst, *, config=None, processor=None, dtype=None, force=False, quiet=False,
+  durable=False)``
 - ``inspect_checkpoint(path, config=None) -> Report``
 - ``load_hf_model(path, config=None, device="cpu", dtype=None) -> WhisperForConditionalGeneration``
 - ``hf_state_to_mm(state_dict, config) -> dict`` and ``mm_state_to_hf(state_dict, config=None) -> dict``;

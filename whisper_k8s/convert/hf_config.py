@@ -46,11 +46,11 @@ def read_config_file(path: str | os.PathLike) -> dict:
     try:
         config = json.loads(path.read_text())
     except OSError as err:
-        raise UserError(f"--config {path}: cannot be read ({err.strerror})") from err
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from err
     except ValueError as err:
-        raise UserError(f"--config {path}: not valid JSON ({err})") from err
+        raise UserError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(config, dict) or "d_model" not in config:
-        raise UserError(f"--config {path}: not a Whisper model.json/config.json (no d_model field)")
+        raise UserError(f"{path}: not a Whisper model.json/config.json (no d_model field)")
     return config
 
 

@@ -18,7 +18,7 @@ import torch
 from whisper_k8s.atomic_dir import atomic_directory
 from whisper_k8s.convert import marker
 from whisper_k8s.convert.hf_config import resolve_config
-from whisper_k8s.convert.mapping import Plan, plan_hf_to_mm
+from whisper_k8s.convert.mapping import Plan, as_mapping, plan_hf_to_mm
 from whisper_k8s.convert.outputs import (
     ConversionResult,
     parse_dtype,
@@ -44,17 +44,20 @@ def convert_hf_to_mm(
     config=None,
     force: bool = False,
     quiet: bool = False,
+    durable: bool = False,
 ) -> ConversionResult:
     """Convert ``src`` (HF folder or weights file) to ``dst``: a ``.pth`` file, or with ``megatron_layout`` a
     Megatron save folder (``latest_checkpointed_iteration.txt`` = release). A rerun with the same source is
-    a no-op unless ``force``."""
+    a no-op unless ``force``. The output appears atomically (temp + rename); ``durable`` also waits for the
+    disk (fsync) so it survives a power loss, which costs the time to flush gigabytes."""
     src, dst = Path(src), Path(dst)
     cast = parse_dtype(dtype)
     if not megatron_layout and dst.suffix not in PTH_SUFFIXES:
         raise UserError(f"{dst}: name the MindSpeed-MM output *.pth (or pass --megatron for a checkpoint folder)")
     source = open_source(src)
     inputs = source.files + [p for p in (source.config_path, config) if isinstance(p, (str, Path))]
-    options = {"direction": "hf-to-mm", "dtype": str(cast), "megatron": megatron_layout}
+    options = {"direction": "hf-to-mm", "dtype": str(cast), "megatron": megatron_layout,
+               "config": None if isinstance(config, (str, Path, type(None))) else as_mapping(config)}
     fingerprint = marker.fingerprint(inputs, options)
     if not force and marker.is_current(dst, fingerprint):
         return ConversionResult(dst, skipped=True)
@@ -69,14 +72,14 @@ def convert_hf_to_mm(
     if megatron_layout:
         with atomic_directory(dst, overwrite=True, what="Megatron checkpoint") as staging:
             file = megatron.model_file(megatron.iteration_dir(staging, megatron.RELEASE))
-            nbytes = _write(source, plan, cast, file, _megatron_entry, None, quiet)
+            nbytes = _write(source, plan, cast, file, _megatron_entry, None, quiet, durable)
             megatron.write_tracker(staging, megatron.RELEASE)
             marker.write(staging, fingerprint, marker.output_files(staging), details)
     else:
         def mark(tmp: Path) -> None:
             marker.write(dst, fingerprint, {dst.name: tmp.stat().st_size}, details)
 
-        nbytes = _write(source, plan, cast, dst, lambda tensors: tensors, mark, quiet)
+        nbytes = _write(source, plan, cast, dst, lambda tensors: tensors, mark, quiet, durable)
     return ConversionResult(dst, skipped=False, tensors=len(plan), nbytes=nbytes, details={"config": origin})
 
 
@@ -86,7 +89,7 @@ def _megatron_entry(tensors: dict) -> dict:
 
 
 def _write(source: TensorSource, plan: Plan, cast: torch.dtype | None, path: Path,
-           wrap: Callable[[dict], dict], before_rename, quiet: bool) -> int:
+           wrap: Callable[[dict], dict], before_rename, quiet: bool, durable: bool) -> int:
     """Save the planned tensors to ``path``; returns the bytes of tensor data written."""
     def converted(name: str) -> bool:
         tensor = source.tensors[name]
@@ -102,7 +105,7 @@ def _write(source: TensorSource, plan: Plan, cast: torch.dtype | None, path: Pat
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         with progress_bar(total, f"writing {path.name}", quiet) as bar:
             save_mapped(wrap(tensors), path, source.regions + regions, on_write=bar.update,
-                        before_rename=before_rename)
+                        before_rename=before_rename, durable=durable)
         return total
     finally:
         if staging:

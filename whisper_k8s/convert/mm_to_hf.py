@@ -15,7 +15,7 @@ from pathlib import Path
 from whisper_k8s.atomic_dir import atomic_directory
 from whisper_k8s.convert import marker, safetensors_io
 from whisper_k8s.convert.hf_config import resolve_config, write_hf_configs
-from whisper_k8s.convert.mapping import head_is_tied, plan_mm_to_hf
+from whisper_k8s.convert.mapping import as_mapping, head_is_tied, plan_mm_to_hf
 from whisper_k8s.convert.outputs import (
     ConversionResult,
     dtype_name,
@@ -44,18 +44,22 @@ def convert_mm_to_hf(
     dtype=None,
     force: bool = False,
     quiet: bool = False,
+    durable: bool = False,
 ) -> ConversionResult:
     """Convert ``src`` (MindSpeed-MM .pth, Megatron save/iter folder or model file) into the HF folder ``dst``.
 
     ``config``: a model.json/config.json path or dict, needed when the checkpoint carries none and matches no
     preset; ``processor``: a processor folder copied into ``dst``. A rerun on the same source is a no-op.
+    ``durable``: fsync the weights before the folder is renamed into place (see ``convert_hf_to_mm``).
     """
     src, dst = Path(src), Path(dst)
     cast = parse_dtype(dtype)
     processor_files = _processor_files(Path(processor)) if processor else []
     source = open_source(src)
     inputs = source.files + processor_files + [p for p in (source.config_path, config) if isinstance(p, (str, Path))]
-    fingerprint = marker.fingerprint(inputs, {"direction": "mm-to-hf", "dtype": str(cast)})
+    options = {"direction": "mm-to-hf", "dtype": str(cast),
+               "config": None if isinstance(config, (str, Path, type(None))) else as_mapping(config)}
+    fingerprint = marker.fingerprint(inputs, options)
     if not force and marker.is_current(dst, fingerprint):
         return ConversionResult(dst, skipped=True)
     refuse_foreign_output(dst, force)
@@ -72,7 +76,7 @@ def convert_mm_to_hf(
     details = {"source": str(src), "config": origin, "tie_word_embeddings": tied, **source.details}
 
     with atomic_directory(dst, overwrite=True, what="Hugging Face model folder") as staging:
-        nbytes = _write_weights(source, plan, cast, staging / WEIGHTS, quiet)
+        nbytes = _write_weights(source, plan, cast, staging / WEIGHTS, quiet, durable)
         write_hf_configs(staging, model_config, tie_word_embeddings=tied, dtype=dtype_name(out_dtype))
         for file in processor_files:
             shutil.copy2(file, staging / file.name)
@@ -90,7 +94,7 @@ def _processor_files(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.iterdir()) if p.is_file() and p.name not in _NOT_PROCESSOR_FILES]
 
 
-def _write_weights(source: TensorSource, plan, cast, path: Path, quiet: bool) -> int:
+def _write_weights(source: TensorSource, plan, cast, path: Path, quiet: bool, durable: bool) -> int:
     entries = []
     for hf, mm in plan:
         tensor = source.tensors[mm]
@@ -105,6 +109,7 @@ def _write_weights(source: TensorSource, plan, cast, path: Path, quiet: bool) ->
 
         safetensors_io.write_streaming(f, entries, on_tensor=done)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     releaser.release_all()
     return total

@@ -76,7 +76,7 @@ class StagingFile:
 
 
 def save_mapped(obj: dict, path: Path, regions: list[MappedRegion], *, on_write: Callable[[int], None],
-                before_rename: Callable[[Path], None] | None = None) -> None:
+                before_rename: Callable[[Path], None] | None = None, durable: bool = False) -> None:
     """``megatron.save_file`` of mapped tensors, releasing their pages as the bytes go out."""
     releaser = PageReleaser([r for r in regions if r is not None])
 
@@ -84,7 +84,7 @@ def save_mapped(obj: dict, path: Path, regions: list[MappedRegion], *, on_write:
         releaser.advance(nbytes)
         on_write(nbytes)
 
-    megatron.save_file(obj, path, on_write=written, before_rename=before_rename)
+    megatron.save_file(obj, path, on_write=written, before_rename=before_rename, fsync=durable)
     releaser.release_all()
 
 
