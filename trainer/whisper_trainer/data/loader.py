@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from whisper_k8s.errors import UserError
 from whisper_trainer.data.catalog import Catalog
-from whisper_trainer.data.stream import BatchStreams, StreamSettings, start_position
+from whisper_trainer.data.stream import SKIP_REASONS, BatchStreams, StreamSettings, start_position
 
 LOG = logging.getLogger("whisper_trainer.data")
 STATE_VERSION = 1
@@ -87,15 +87,16 @@ class ResumableLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state``; with another topology, start the epoch after the saved one instead."""
+        """Continue from ``state``; with another topology (world size, workers, dataset, seed, shuffle), start
+        the epoch after the saved one instead: then any rank's saved state will do, e.g. for ranks added."""
         if state.get("version") != STATE_VERSION:
             raise UserError(f"data loader state version {state.get('version')!r} is not {STATE_VERSION}: "
                             "the checkpoint was written by another trainer version")
-        if state["rank"] != self.settings.rank:
+        changed = [key for key in TOPOLOGY_KEYS if state[key] != self._topology()[key]]
+        if not changed and state["rank"] != self.settings.rank:
             raise UserError(f"data loader state of rank {state['rank']} loaded into rank {self.settings.rank}: "
                             "each rank must load its own position")
         self._samples_consumed = int(state["samples_consumed"])
-        changed = [key for key in TOPOLOGY_KEYS if state[key] != self._topology()[key]]
         if not changed:
             self._positions = [
                 {"epoch": int(s["epoch"]), "cursor": int(s["cursor"]), "skipped": dict(s["skipped"])}
@@ -117,8 +118,9 @@ class ResumableLoader:
         self._next_stream = 0
 
     def stats(self) -> dict[str, int]:
-        """Skipped samples of this rank by reason, summed over its streams (workers), as consumed so far."""
-        total = Counter()
+        """Skipped samples of this rank by reason (every reason, zeros included), summed over its streams
+        (workers), counted up to the last batch the trainer received."""
+        total = Counter(dict.fromkeys(SKIP_REASONS, 0))
         for position in self._positions:
             total.update(position["skipped"])
         return dict(sorted(total.items()))

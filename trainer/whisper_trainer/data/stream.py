@@ -24,13 +24,15 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from whisper_k8s.errors import UserError
-from whisper_trainer.data.audio import BadAudio, decode_16k
+from whisper_trainer.data.audio import CORRUPT_AUDIO, EMPTY_AUDIO, TOO_LONG, BadAudio, decode_16k
 from whisper_trainer.data.catalog import PROBLEM_DETAILS, Catalog
 from whisper_trainer.data.features import LogMel
 from whisper_trainer.data.labels import TOO_MANY_TOKENS, LabelEncoder
 
 LOG = logging.getLogger("whisper_trainer.data")
 IGNORE_INDEX = -100
+# Every reason a sample can be skipped for, so that logged counts always show the same keys.
+SKIP_REASONS = tuple(sorted({*PROBLEM_DETAILS, CORRUPT_AUDIO, EMPTY_AUDIO, TOO_LONG, TOO_MANY_TOKENS}))
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
