@@ -17,6 +17,8 @@ from whisper_k8s.cli.main import main
 ROOT = Path(__file__).resolve().parents[1]
 JOB_COMMANDS = ("submit", "status", "logs", "delete", "list")
 JOBS = "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs"
+TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/default/trainjobs"
+NOT_SERVED = "discovery_get_apis_kubeflow.org_v1_without_crd_404"  # an unserved API path's answer
 
 
 def test_job_commands_need_neither_kubernetes_nor_torch_to_start():
@@ -112,12 +114,30 @@ def test_status_prints_the_pods_table_and_the_reason(fake_cluster, capsys):
 
 
 def test_status_of_a_missing_job_and_list(fake_cluster, capsys):
-    fake_cluster({("GET", f"{JOBS}/gone"): "pytorchjob_get_after_delete_404", ("GET", JOBS): "pytorchjob_list_200"})
+    fake_cluster({("GET", f"{JOBS}/gone"): "pytorchjob_get_after_delete_404", ("GET", JOBS): "pytorchjob_list_200",
+                  ("GET", f"{TRAINJOBS}/gone"): NOT_SERVED, ("GET", TRAINJOBS): NOT_SERVED})
     assert main(["status", "gone"]) == 2
     assert "no job gone in namespace default" in capsys.readouterr().err
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "NODES", "AGE"] and lines[1].split()[:3] == ["whisper-ft", "Pending", "2"]
+    assert lines[0].split() == ["NAME", "KIND", "STATE", "NODES", "AGE"]
+    assert lines[1].split()[:4] == ["whisper-ft", "pytorchjob", "Pending", "2"]
+
+
+def test_status_finds_a_trainjob_without_being_told_its_kind(fake_cluster, capsys):
+    fake_cluster({("GET", f"{JOBS}/whisper-ft-v2"): "pytorchjob_get_after_delete_404",
+                  ("GET", f"{TRAINJOBS}/whisper-ft-v2"): "trainjob_get_200",
+                  ("GET", "/api/v1/namespaces/default/pods"): "pods_list_by_label_selector_after_deletes_200"})
+    assert main(["status", "whisper-ft-v2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == \
+        "job kubernetes://default/whisper-ft-v2  operator trainjob  state Pending"
+
+
+def test_status_without_any_operator_names_what_to_install(fake_cluster, capsys):
+    fake_cluster({("GET", f"{JOBS}/demo"): NOT_SERVED, ("GET", f"{TRAINJOBS}/demo"): NOT_SERVED})
+    assert main(["status", "demo"]) == 3
+    err = capsys.readouterr().err
+    assert "training operator (v1.9)" in err and "Kubeflow Trainer (v2.3)" in err
 
 
 def test_logs_ctrl_c_exits_130_without_traceback(monkeypatch, capsys):

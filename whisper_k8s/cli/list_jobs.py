@@ -7,7 +7,7 @@ import argparse
 from whisper_k8s.cli import _jobs
 
 NAME = "list"
-HELP = "list the jobs of this kit (selected by the chart's labels) with state, nodes and age"
+HELP = "list the jobs of this kit (PyTorchJobs and TrainJobs, by the chart's labels) with state, nodes and age"
 ORDER = 55
 EXAMPLES = """
   python -m whisper_k8s list
@@ -27,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         print(f"no jobs in namespace {args.namespace}")
         return 0
-    rows = [[job.name, job.state, str(job.nodes or "-"), format_age(job.created)] for job in jobs]
-    print(format_table(["NAME", "STATE", "NODES", "AGE"], rows))
+    rows = [[job.name, job.operator, job.state, str(job.nodes or "-"), format_age(job.created)] for job in jobs]
+    print(format_table(["NAME", "KIND", "STATE", "NODES", "AGE"], rows))
     return 0
