@@ -3,7 +3,6 @@
 The official client builds real requests and parses real responses (including ApiException handling);
 only urllib3's ``PoolManager.request`` is replaced. Each route maps (method, path[?query]) to a recorded
 file of tests/fixtures/reference/k8s-api-responses/ (``*.json``: one response; ``*.jsonl``: a watch stream).
-A route path ending in ``*`` matches every path with that prefix (objects with generated names).
 """
 
 from __future__ import annotations
@@ -49,21 +48,17 @@ class FakeApiServer:
     def __init__(self, routes: dict[tuple[str, str], str | list[str]]):
         self.routes = {key: list(v) if isinstance(v, list) else [v] for key, v in routes.items()}
         self.requests: list[tuple[str, str, dict]] = []
-        self.bodies: list[dict | None] = []  # the JSON body of each request (None without one), same order
 
     def __call__(self, method, url, *args, **kwargs):
         parts = urlsplit(url)
         path, query = unquote(parts.path), dict(parse_qsl(parts.query))
         self.requests.append((method, path, query))
-        body = kwargs.get("body")
-        self.bodies.append(json.loads(body) if isinstance(body, (str, bytes)) and body else None)
         # the most specific route wins: one whose query items are all in the request, else the bare path
         candidates = []
         for (route_method, route), names in self.routes.items():
             route_path, _, route_query = route.partition("?")
             wanted = dict(parse_qsl(route_query))
-            matches = path.startswith(route_path[:-1]) if route_path.endswith("*") else route_path == path
-            if route_method == method and matches and wanted.items() <= query.items():
+            if route_method == method and route_path == path and wanted.items() <= query.items():
                 candidates.append((len(wanted), names))
         if not candidates:
             raise AssertionError(f"unexpected request {method} {url}")
