@@ -15,7 +15,7 @@ from whisper_trainer.data.catalog import build_catalog
 from whisper_trainer.data.features import mel_filters
 from whisper_trainer.data.labels import LabelEncoder
 from whisper_trainer.data.loader import ResumableLoader
-from whisper_trainer.data.stream import StreamSettings
+from whisper_trainer.data.stream import StreamSettings, StreamSources
 
 __all__ = ["ResumableLoader", "build_dataloader"]
 
@@ -39,13 +39,14 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
         encoder.language_id(language)  # refuse an unknown locale before any worker starts
     catalog = build_catalog(dataset_root, languages, split)
     settings = StreamSettings(
-        processor_dir=str(processor_dir), task=task, micro_batch_size=micro_batch_size,
+        micro_batch_size=micro_batch_size,
         max_label_tokens=max_label_tokens, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
         streams_per_rank=max(1, num_workers), return_paths=return_paths,
     )
     _check_enough_samples(catalog, settings)
-    return ResumableLoader(catalog, settings, mel_filters(str(processor_dir), n_mels), num_workers=num_workers,
-                           prefetch_factor=prefetch_factor, pin_memory=pin_memory)
+    sources = StreamSources(catalog, encoder, mel_filters(str(processor_dir), n_mels))
+    return ResumableLoader(sources, settings, num_workers=num_workers, prefetch_factor=prefetch_factor,
+                           pin_memory=pin_memory)
 
 
 def _check_counts(**counts: int) -> None:

@@ -12,12 +12,16 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 
-import numpy as np
 from torch.utils.data import DataLoader
 
 from whisper_k8s.errors import UserError
-from whisper_trainer.data.catalog import Catalog
-from whisper_trainer.data.stream import SKIP_REASONS, BatchStreams, StreamSettings, start_position
+from whisper_trainer.data.stream import (
+    SKIP_REASONS,
+    BatchStreams,
+    StreamSettings,
+    StreamSources,
+    start_position,
+)
 
 LOG = logging.getLogger("whisper_trainer.data")
 STATE_VERSION = 1
@@ -33,11 +37,10 @@ class ResumableLoader:
     the labels right behind <|startoftranscript|>, see labels.py), ``num_samples`` B.
     """
 
-    def __init__(self, catalog: Catalog, settings: StreamSettings, filters: np.ndarray, *, num_workers: int,
+    def __init__(self, sources: StreamSources, settings: StreamSettings, *, num_workers: int,
                  prefetch_factor: int = 4, pin_memory: bool = False):
-        self.catalog = catalog
+        self.sources = sources
         self.settings = settings
-        self.filters = filters
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
@@ -46,8 +49,8 @@ class ResumableLoader:
         self._samples_consumed = 0
 
     def __iter__(self) -> Iterator[dict]:
-        streams = BatchStreams(self.catalog, self.settings, self.filters,
-                               [dict(position) for position in self._positions], rotation=self._next_stream)
+        streams = BatchStreams(self.sources, self.settings, [dict(position) for position in self._positions],
+                               rotation=self._next_stream)
         worker_options = (
             {"persistent_workers": True, "prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
         )
@@ -67,7 +70,7 @@ class ResumableLoader:
         return {
             "world_size": self.settings.world_size,
             "streams_per_rank": self.settings.streams_per_rank,
-            "num_samples": len(self.catalog),
+            "num_samples": len(self.sources.catalog),
             "seed": self.settings.seed,
             "shuffle": self.settings.shuffle,
         }

@@ -48,11 +48,18 @@ def consumer_share(num_samples: int, seed: int, epoch: int, shuffle: bool, consu
 
 
 @dataclass(frozen=True)
-class StreamSettings:
-    """Everything a worker needs besides the catalogue; plain values so it travels to workers cheaply."""
+class StreamSources:
+    """What every stream reads with, built once per rank and inherited by the forked dataloader workers."""
 
-    processor_dir: str
-    task: str
+    catalog: Catalog
+    encoder: LabelEncoder
+    filters: np.ndarray  # mel filter bank (201, n_mels)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The plain settings of a rank's streams."""
+
     micro_batch_size: int
     max_label_tokens: int
     seed: int
@@ -74,11 +81,11 @@ def start_position() -> dict:
 class SampleReader:
     """Reads, decodes and labels single samples for one worker; bad ones are logged, counted and skipped."""
 
-    def __init__(self, catalog: Catalog, settings: StreamSettings, skipped: Counter):
-        self.catalog = catalog
+    def __init__(self, sources: StreamSources, settings: StreamSettings, skipped: Counter):
+        self.catalog = catalog = sources.catalog
         self.settings = settings
         self.skipped = skipped
-        self.encoder = LabelEncoder(settings.processor_dir, settings.task)
+        self.encoder = sources.encoder
         self.language_ids = [self.encoder.language_id(language) for language in catalog.languages]
         self._descriptors: dict[int, int] = {}
 
@@ -126,7 +133,7 @@ def collate(waveforms, label_lists, log_mel: LogMel) -> dict:
     return {"input_features": log_mel(waveforms), "labels": labels, "num_samples": len(label_lists)}
 
 
-def stream_batches(catalog: Catalog, settings: StreamSettings, filters: np.ndarray, stream: int, position: dict):
+def stream_batches(sources: StreamSources, settings: StreamSettings, stream: int, position: dict):
     """Endless batches of logical stream ``stream`` of this rank, starting at ``position``.
 
     Each batch has a ``_position`` entry: the stream number and its position after the batch.
@@ -134,8 +141,9 @@ def stream_batches(catalog: Catalog, settings: StreamSettings, filters: np.ndarr
     consumer = settings.rank * settings.streams_per_rank + stream
     epoch, cursor = position["epoch"], position["cursor"]
     skipped = Counter(position["skipped"])
-    reader = SampleReader(catalog, settings, skipped)
-    log_mel = LogMel(filters)
+    catalog = sources.catalog
+    reader = SampleReader(sources, settings, skipped)
+    log_mel = LogMel(sources.filters)
     share = consumer_share(len(catalog), settings.seed, epoch, settings.shuffle, consumer, settings.consumers)
     # Spinning forever on a stream whose samples are all bad must not happen: a complete epoch without a usable
     # sample, before this stream ever found one, is an error. (A later unlucky epoch of a tiny, partly bad
@@ -188,16 +196,14 @@ class BatchStreams(IterableDataset):
     with the stream that was next when the state was saved.
     """
 
-    def __init__(self, catalog: Catalog, settings: StreamSettings, filters: np.ndarray, positions: list[dict],
-                 rotation: int):
-        self.catalog = catalog
+    def __init__(self, sources: StreamSources, settings: StreamSettings, positions: list[dict], rotation: int):
+        self.sources = sources
         self.settings = settings
-        self.filters = filters
         self.positions = positions
         self.rotation = rotation
 
     def __iter__(self):
         info = get_worker_info()
         stream = ((info.id if info is not None else 0) + self.rotation) % self.settings.streams_per_rank
-        return stream_batches(self.catalog, self.settings, self.filters, stream, self.positions[stream])
+        return stream_batches(self.sources, self.settings, stream, self.positions[stream])
 
