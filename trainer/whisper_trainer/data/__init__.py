@@ -8,6 +8,7 @@ position). ``build_dataloader`` wires them for one rank.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 from whisper_k8s.errors import UserError
@@ -18,6 +19,7 @@ from whisper_trainer.data.loader import ResumableLoader
 from whisper_trainer.data.stream import StreamSettings, StreamSources
 
 __all__ = ["ResumableLoader", "build_dataloader"]
+LOG = logging.getLogger("whisper_trainer.data")
 
 
 def build_dataloader(dataset_root: str, languages: list[str], split: str, processor_dir: str, *,
@@ -37,6 +39,7 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
     encoder = LabelEncoder(processor_dir, task)
     for language in languages:
         encoder.language_id(language)  # refuse an unknown locale before any worker starts
+    filters = mel_filters(str(processor_dir), n_mels)
     catalog = build_catalog(dataset_root, languages, split)
     settings = StreamSettings(
         micro_batch_size=micro_batch_size,
@@ -44,7 +47,12 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
         streams_per_rank=max(1, num_workers), return_paths=return_paths,
     )
     _check_enough_samples(catalog, settings)
-    sources = StreamSources(catalog, encoder, mel_filters(str(processor_dir), n_mels))
+    LOG.info(
+        "data: %d samples of %s/%s in %d shard(s), %d already known bad; rank %d of %d reads about %d per epoch "
+        "with %d worker(s)", len(catalog), ",".join(languages), split, len(catalog.shards),
+        len(catalog) - catalog.usable_count(), rank, world_size, len(catalog) // world_size, num_workers,
+    )
+    sources = StreamSources(catalog, encoder, filters)
     return ResumableLoader(sources, settings, num_workers=num_workers, prefetch_factor=prefetch_factor,
                            pin_memory=pin_memory)
 

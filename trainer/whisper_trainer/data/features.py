@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from whisper_k8s.errors import UserError
 from whisper_trainer.data.audio import MAX_SAMPLES
 
 N_FFT = 400
@@ -31,9 +32,15 @@ def mel_filters(processor_dir: str, n_mels: int) -> np.ndarray:
     """
     from transformers import WhisperFeatureExtractor
 
-    extractor = WhisperFeatureExtractor.from_pretrained(processor_dir, feature_size=n_mels)
+    try:
+        extractor = WhisperFeatureExtractor.from_pretrained(processor_dir, feature_size=n_mels)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"cannot read the feature extractor settings of processor {processor_dir} ({err}): "
+            "processor_name_or_path must be a Hugging Face Whisper processor folder"
+        ) from None
     if (extractor.n_fft, extractor.hop_length, extractor.sampling_rate) != (N_FFT, HOP_LENGTH, 16_000):
-        raise ValueError(
+        raise UserError(
             f"processor {processor_dir} uses n_fft={extractor.n_fft} hop_length={extractor.hop_length} "
             f"sampling_rate={extractor.sampling_rate}; Whisper needs 400/160/16000"
         )

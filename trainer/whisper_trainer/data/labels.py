@@ -42,7 +42,7 @@ class LabelEncoder:
         if not os.path.isfile(tokenizer_file):
             raise UserError(
                 f"{tokenizer_file} does not exist: processor_name_or_path must be a Hugging Face Whisper processor "
-                "folder (write one offline with `python -m whisper_k8s assets processor`)"
+                "folder (write one offline with `python -m whisper_k8s assets processor --out DIR`)"
             )
         if task not in TASKS:
             raise UserError(f"task {task!r} is not a Whisper task: use one of {', '.join(TASKS)}")
