@@ -122,7 +122,12 @@ def test_layout_is_megatron_with_tracker_moved_last(tmp_path):
                          "rng_state"}
     assert list(ckpt["model"]) == list(expected_mm_shapes(SMALL))
     manifest = json.loads((final / EXTRAS_DIR / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"mp_rank_00/model_optim_rng.pt", f"{EXTRAS_DIR}/rank_0.pt"}
+    assert set(manifest["files"]) == {"mp_rank_00/model_optim_rng.pt", f"{EXTRAS_DIR}/rank_0.pt", "model.json"}
+    assert json.loads((final / "model.json").read_text()) == s.config.fields
+    from whisper_k8s.convert.sources import open_source
+
+    source = open_source(tmp_path)  # what `convert mm-to-hf` opens: finds the weights and the model.json
+    assert source.key_style == "mm" and json.loads(source.config_path.read_text()) == s.config.fields
     assert not list(tmp_path.glob(".*tmp*"))
 
 

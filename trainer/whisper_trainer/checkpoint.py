@@ -6,6 +6,7 @@
                                                           optimizer, opt_param_scheduler, rng_state (all ranks)
 <save>/iter_0000100/whisper_k8s/rank_<r>.pt                exact-resume extras of rank r: data position, RNG
 <save>/iter_0000100/whisper_k8s/optimizer/                 FSDP only: sharded optimizer (torch.distributed.checkpoint)
+<save>/iter_0000100/model.json (and <save>/model.json)     the model.json trained (converters read it)
 <save>/iter_0000100/whisper_k8s/manifest.json             written last: world size, sha256 of every file
 ```
 An iteration is written into ``<save>/.iter_0000100.tmp``, reloaded and checked (keys, shapes, checksums),
@@ -126,6 +127,7 @@ class CheckpointManager:
                 "checkpoint_version": megatron.CHECKPOINT_VERSION, "optimizer": optimizer_state,
                 "opt_param_scheduler": scheduler.state_dict(), "rng_state": all_rng,
             }, megatron.model_file(staging))
+            (staging / "model.json").write_text(json.dumps(self.model_fields, indent=4) + "\n")
         parallel.barrier(env)
         error = ""
         if env.is_main:
@@ -183,6 +185,9 @@ class CheckpointManager:
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, final)
+        tmp = self.save_root / ".model.json.tmp"
+        shutil.copyfile(final / "model.json", tmp)
+        os.replace(tmp, self.save_root / "model.json")
         megatron.write_tracker(self.save_root, iteration)
         self._prune()
 

@@ -82,6 +82,7 @@ class DataConfig:
     processor_dir: str
     task: str = "transcribe"
     shuffle: bool = True
+    pin_memory: bool = False
     path: str = ""
 
 
@@ -296,10 +297,11 @@ def validate_data_fields(doc: dict, where: str = "data.json") -> DataConfig:
     if len(set(given_tasks.values())) > 1:
         raise _fail(where, "task differs between preprocess_parameters and collate_param")
     shuffle = _get(doc, "dataloader_param.shuffle")
+    pin_memory = _get(doc, "dataloader_param.pin_memory")
     return DataConfig(
         dataset_root=root, languages=languages, processor_dir=next(iter(given.values())),
         task=next(iter(given_tasks.values()), "transcribe"), shuffle=True if shuffle is None else shuffle,
-        path=where,
+        pin_memory=bool(pin_memory), path=where,
     )
 
 

@@ -97,7 +97,7 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistEnv
         dist.init_process_group(
             backend=BACKENDS[kind], rank=rank, world_size=world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),
-            device_id=dev if kind != "cpu" else None,
+            device_id=dev if kind == "cuda" else None,  # binds NCCL to the GPU; HCCL picks set_device
         )
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, node_rank=node_rank, device=dev)
 

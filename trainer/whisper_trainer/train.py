@@ -54,7 +54,7 @@ def default_loader_factory(cfg: TrainerConfig, env: parallel.DistEnv):
         n_mels=cfg.model.num_mel_bins, rank=env.rank, world_size=env.world_size,
         micro_batch_size=cfg.training.micro_batch_size, num_workers=cfg.training.num_workers,
         seed=cfg.training.seed, shuffle=cfg.data.shuffle, max_label_tokens=cfg.training.max_label_tokens,
-        task=cfg.data.task,
+        task=cfg.data.task, pin_memory=cfg.data.pin_memory and env.device.type != "cpu",
     )
 
 
@@ -74,6 +74,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
+        self.stop.install()  # a SIGTERM during set-up stops the run after its first iteration, with a save
         cfg, env = self.cfg, self.env
         model = build_model(cfg.model, seed=cfg.training.seed)
         if cfg.model.ckpt_path:
@@ -99,7 +100,6 @@ class Trainer:
         if resumed:
             self.iteration = resumed.iteration
             self.consumed_samples = int(resumed.trainer_state.get("consumed_samples", 0))
-        self.stop.install()
 
     # ------------------------------------------------------------------------------------------------- loop
     def train(self) -> dict:
