@@ -35,7 +35,7 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
     if isinstance(languages, str):
         languages = [language.strip() for language in languages.split(",") if language.strip()]
     _check_counts(rank=rank, world_size=world_size, micro_batch_size=micro_batch_size, num_workers=num_workers,
-                  n_mels=n_mels, max_label_tokens=max_label_tokens)
+                  n_mels=n_mels, max_label_tokens=max_label_tokens, seed=seed)
     encoder = LabelEncoder(processor_dir, task)
     for language in languages:
         encoder.language_id(language)  # refuse an unknown locale before any worker starts
@@ -58,7 +58,7 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
 
 
 def _check_counts(**counts: int) -> None:
-    minimum = {"rank": 0, "num_workers": 0}
+    minimum = {"rank": 0, "num_workers": 0, "seed": 0}
     for name, value in counts.items():
         if not isinstance(value, int) or value < minimum.get(name, 1):
             raise UserError(f"{name}={value!r} is invalid: give an integer >= {minimum.get(name, 1)}")
