@@ -196,9 +196,18 @@ def node_sizing(ours_per_core_at_cv_length: float) -> dict:
         "data_cores_needed": round(node_demand / ours_per_core_at_cv_length, 2),
         "recommended_num_workers": workers,
         "recommended_cpu_per_8_npus": NPUS_PER_NODE * (workers + 1),  # + 1 core per rank for the trainer itself
+        "recommended_shm_mib_per_8_npus": shared_memory_mib(workers),
         "sizing_rule": f"workers/rank = max(2, ceil({SAFETY} x NPU rate / per-core rate at CV clip length)); "
                        "CPUs = 8 x (workers + 1 for the rank's training process)",
     }
+
+
+def shared_memory_mib(workers: int, prefetch_factor: int = 2) -> int:
+    """/dev/shm a node needs: each rank's workers hold prefetch_factor batches each, plus one in hand, in shared
+    memory; twice that, in 256 MiB steps (Kubernetes gives pods 64 MiB unless the chart mounts more)."""
+    batch_bytes = BATCH * N_MELS * 3000 * 4
+    needed = NPUS_PER_NODE * (workers * prefetch_factor + 1) * batch_bytes
+    return math.ceil(2 * needed / 2**28) * 256
 
 
 def machine() -> dict:
@@ -261,7 +270,7 @@ def main() -> int:
           f"features max diff {max_diff:.1e}; "
           f"8 NPUs at an assumed {ASSUMED_NPU_SAMPLES_PER_S}/s each need {result['data_cores_needed']} data cores: "
           f"recommend {result['recommended_num_workers']} workers/rank, "
-          f"{result['recommended_cpu_per_8_npus']} CPUs per 8-NPU node")
+          f"{result['recommended_cpu_per_8_npus']} CPUs and {result['recommended_shm_mib_per_8_npus']} MiB /dev/shm per 8-NPU node")
     return 0
 
 

@@ -38,7 +38,7 @@ class ResumableLoader:
     """
 
     def __init__(self, sources: StreamSources, settings: StreamSettings, *, num_workers: int,
-                 prefetch_factor: int = 4, pin_memory: bool = False):
+                 prefetch_factor: int = 2, pin_memory: bool = False):
         self.sources = sources
         self.settings = settings
         self.num_workers = num_workers
