@@ -219,3 +219,12 @@ def test_wrong_shapes_in_ckpt_path_are_named(tmp_path):
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(UserError, match=r"missing: proj_out.weight.*wrong shape: model.encoder.conv1.weight"):
         load_mm_state(Setup().model, read_pretrained_mm_state(str(tmp_path / "bad.pth"), SMALL), SMALL, source="bad.pth")
+
+
+def test_resume_into_another_model_size_is_refused_with_the_key(tmp_path):
+    Setup().save(tmp_path, 1)
+    bigger = Setup()
+    bigger.config = validate_model_fields({**SMALL, "d_model": 64})
+    bigger.model = build_model(bigger.config, seed=0)
+    with pytest.raises(UserError, match="does not fit model.json .*wrong shape: model.encoder.conv1.weight"):
+        bigger.resume(tmp_path)

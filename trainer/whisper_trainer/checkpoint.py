@@ -275,6 +275,10 @@ class CheckpointManager:
         return Resumed(iteration=iteration, trainer_state=mine["trainer"])
 
     def _load_model_and_optimizer(self, model, optimizer, main: dict, iter_dir: Path, load_optim: bool) -> None:
+        problems = check_mm_state({k: tuple(v.shape) for k, v in main["model"].items()}, self.model_fields)
+        if problems:
+            raise UserError(f"{iter_dir} does not fit model.json ({'; '.join(problems[:5])}): resume with the "
+                            "model.json it was trained with, or use a new --save folder")
         state = hf_state_dict(main["model"])
         if self.strategy == "fsdp" and self.env.initialized:
             import torch.distributed.checkpoint as dcp
