@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="FILE", help="per-sample results as JSON lines")
     parser.add_argument("--batch-size", type=int, default=8, help="clips decoded together (default 8)")
     parser.add_argument("--num-beams", type=int, default=1, help="beam width; 1 = greedy (default)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help="text tokens per 30 s window (default 224, at most 444)")
     parser.add_argument("--model-config", metavar="JSON",
                         help="model.json for a .pth/Megatron checkpoint that matches no preset")
     parser.add_argument("--device", default="auto", choices=("auto", "npu", "cuda", "cpu"))
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_dataset(
         args.model, args.dataset, args.language, args.split, processor_dir=args.processor, limit=args.limit,
         out_path=args.out, batch_size=args.batch_size, device=args.device, num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
         model_config=args.model_config,
     )
     print(summary.line())

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     parser.add_argument("--batch-size", type=int, default=8, help="30 s windows decoded together (default 8)")
     parser.add_argument("--num-beams", type=int, default=1, help="beam width; 1 = greedy (default)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help="text tokens per 30 s window (default 224, at most 444)")
     parser.add_argument("--model-config", metavar="JSON",
                         help="model.json for a .pth/Megatron checkpoint that matches no preset")
     parser.add_argument("--device", default="auto", choices=("auto", "npu", "cuda", "cpu"))
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     processor = load_processor(args.model, args.processor)
     results = transcribe_files(
         model, processor, args.audio, language=args.language, batch_size=args.batch_size,
-        num_beams=args.num_beams, task=args.task,
+        num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, task=args.task,
     )
     for result in results:
         if args.json:

@@ -178,26 +178,27 @@ def generate_tokens(model, processor, windows: Sequence[np.ndarray], prompts: li
                     num_beams: int = 1, max_new_tokens: int | None = None) -> list[list[int]]:
     """Text token ids (prompt and <|endoftext|> removed) for each window, decoded from its own prompt.
 
-    Special tokens other than <|endoftext|> are suppressed, so the output is plain text. The length limit is
-    the decoder's position table (448 tokens for every Whisper size) including the prompt, or
-    ``max_new_tokens`` when smaller.
+    Special tokens other than <|endoftext|> are suppressed, so the output is plain text. ``max_new_tokens``
+    defaults to half the decoder's positions (224 of 448), openai-whisper's own ``sample_len``: 30 s of speech
+    needs about 100 tokens, and a model that never stops (an untrained one) costs half as much. It is capped
+    so that prompt plus text fit the 448 positions.
     """
     import torch
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
     from transformers.generation import GenerationMixin
 
     end = label_encoder(processor).end_id
     features = _features(processor, windows, model)
     prompt = torch.tensor(prompts, device=features.device)
     room = model.config.max_target_positions - prompt.shape[1]
+    wanted = max_new_tokens or model.config.max_target_positions // 2
     config = GenerationConfig(
-        max_new_tokens=min(room, max_new_tokens or room),
+        max_new_tokens=min(room, wanted),
         num_beams=num_beams,
         do_sample=False,
         eos_token_id=end,
         pad_token_id=end,
         decoder_start_token_id=prompts[0][0],
-        suppress_tokens=list(range(end + 1, model.config.vocab_size)),
     )
     with torch.inference_mode():
         # The generic encoder-decoder loop, deliberately not Whisper's generate (see the module docstring).
@@ -209,8 +210,23 @@ def generate_tokens(model, processor, windows: Sequence[np.ndarray], prompts: li
             decoder_input_ids=prompt,
             decoder_attention_mask=torch.ones_like(prompt),
             generation_config=config,
+            logits_processor=LogitsProcessorList([_suppress_special_tokens(end)]),
         )
     return [_strip(row, prompt.shape[1], end) for row in out.tolist()]
+
+
+def _suppress_special_tokens(end: int):
+    """A logits processor that forbids every id after <|endoftext|> (languages, tasks, timestamps, ...).
+
+    In Whisper's vocabulary all special tokens follow <|endoftext|>, so one slice does it; transformers'
+    ``suppress_tokens`` would run ``torch.isin`` over the whole vocabulary at every step instead.
+    """
+
+    def suppress(input_ids, scores):
+        scores[:, end + 1 :] = float("-inf")
+        return scores
+
+    return suppress
 
 
 def _strip(row: list[int], prompt_length: int, end: int) -> list[int]:
@@ -225,8 +241,9 @@ def transcribe_audio(model, processor, clips: Sequence[np.ndarray], *, names: Se
                      language: str | None = None, batch_size: int = 8, num_beams: int = 1,
                      task: str = "transcribe", max_new_tokens: int | None = None) -> list[Result]:
     """Transcribe 16 kHz mono clips of any length: windows of all clips are batched together."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    for flag, value in (("--batch-size", batch_size), ("--num-beams", num_beams), ("--max-new-tokens", max_new_tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
     tokenizer = processor.tokenizer
     encoder = label_encoder(processor, task)
     names = list(names) if names is not None else [f"clip{i}" for i in range(len(clips))]
