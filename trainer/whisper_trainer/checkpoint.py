@@ -35,6 +35,7 @@ from whisper_k8s.errors import UserError
 from whisper_k8s.formats import megatron
 from whisper_k8s.formats.mindspeed import check_mm_state
 from whisper_trainer import parallel
+from whisper_trainer.faults import fault_point
 from whisper_trainer.model import hf_state_dict, mm_state_dict
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ class CheckpointManager:
         tmp = staging / EXTRAS_DIR / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, staging / EXTRAS_DIR / MANIFEST)
+        fault_point("checkpoint-publish", iteration)  # tests kill the writer here (see faults.py); inert otherwise
         if final.exists():  # the same iteration saved again (e.g. after a resume): swap, then drop the old
             retired = self.save_root / f".{final.name}.old"
             shutil.rmtree(retired, ignore_errors=True)
