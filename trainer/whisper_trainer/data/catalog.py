@@ -98,7 +98,7 @@ def build_catalog(dataset_root: str | os.PathLike, languages: list[str], split: 
     for language_number, language in enumerate(languages):
         members = _index_shards(catalog, root, language, split)
         for path, text, problem in _read_transcript(cv.transcript_path(root, language, split)):
-            location = members.get(path) if path else None
+            location = members.get(cv.clip_file_of_member(path)) if path else None  # TSV path may hold a folder
             if problem is None and location is None:
                 problem = MISSING_FILE
             if problem is None and location.truncated:
