@@ -26,7 +26,7 @@ PLATFORMS ?= linux/amd64,linux/arm64
 
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 
-.PHONY: help setup system-deps helm test demo lint manifests bench image push clean
+.PHONY: help setup system-deps helm test demo lint manifests bench image push wheelhouse clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -78,6 +78,16 @@ bench: setup  ## run the benchmarks (bench/results/*.json)
 IMAGE_REF   = $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT)
 # Extra build arguments, e.g. BUILD_ARGS="--build-arg CANN_BASE=registry.example/cann:8.2.rc1-910b-ubuntu22.04-py3.10"
 BUILD_ARGS ?=
+
+# make wheelhouse: the image's Python packages for WHEEL_PYTHON/WHEEL_ARCH (not this host's) into ./wheelhouse,
+# which `make image` then installs from with no network (docker/README.md, air-gapped builds).
+WHEEL_PYTHON ?= 3.10
+WHEEL_ARCH   ?= $(shell uname -m)
+WHEEL_DIR    ?= wheelhouse
+
+wheelhouse:  ## download every Python package of the $(VARIANT) image (Python $(WHEEL_PYTHON), $(WHEEL_ARCH)) into ./wheelhouse, for air-gapped builds
+	VARIANT=$(VARIANT) WHEELHOUSE=$(WHEEL_DIR) PYTHON_VERSION=$(WHEEL_PYTHON) ARCH=$(WHEEL_ARCH) \
+	  PIP_PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/wheelhouse.sh
 
 image:  ## build the $(VARIANT) image (cpu, nvidia, ascend) for this machine as $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT); uses ./wheelhouse when it holds wheels
 	@test -f docker/Dockerfile.$(VARIANT) || { echo "image: VARIANT must be cpu, nvidia or ascend (no docker/Dockerfile.$(VARIANT))"; exit 2; }
