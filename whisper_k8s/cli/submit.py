@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 from whisper_k8s.cli import _jobs
 
@@ -61,13 +62,15 @@ def run(args: argparse.Namespace) -> int:
         _jobs.choose_operator(scheduler, user_values)
     values.validate(user_values)
     documents = chart.render(user_values, name, args.namespace)
-    values_file = values.write_values(user_values, args.values_out or values.default_values_path(name))
+    values_file = Path(args.values_out) if args.values_out else values.default_values_path(name)
     request = AppRequest(name=name, namespace=args.namespace, values=user_values, documents=documents,
                          operator=user_values.get("operator", "pytorchjob"), values_file=values_file)
+    info = scheduler.dryrun(request)  # refuses what cannot run (e.g. a missing host folder) before any write
+    values.write_values(user_values, values_file)
     if args.dry_run:
-        print(scheduler.dryrun(request), end="")
+        print(info, end="")
         return 0
-    handle = scheduler.submit(request)
+    handle = scheduler.schedule(info)
     print(f"submitted {handle} (values kept in {values_file})", file=sys.stderr)
     if not args.follow:
         print(f"next: python -m whisper_k8s logs {name} -f   |   python -m whisper_k8s status {name}",
