@@ -84,10 +84,11 @@ class Trainer:
                 log.info("initialised from %s", cfg.model.ckpt_path)
         self.hf_config = model.config
         if env.is_main:
+            mode = cfg.parallel.strategy if env.world_size > 1 else "single process"
             log.info("model: %.1fM parameters, %s on %s x%d (node %d), global batch %d = micro %d x world %d "
-                     "x accumulation %d", count_parameters(model) / 1e6, cfg.parallel.strategy, env.device.type,
+                     "x accumulation %d, %s", count_parameters(model) / 1e6, mode, env.device.type,
                      env.world_size, env.node_rank, self.global_batch, cfg.training.micro_batch_size,
-                     env.world_size, self.accumulation)
+                     env.world_size, self.accumulation, "bf16 mixed precision" if cfg.training.bf16 else "fp32")
         self.model = parallel.wrap_model(model, env, cfg.parallel.strategy, cfg.training.bf16)
         self.optimizer = build_optimizer(self.model, cfg.training)
         self.scheduler = LRSchedule(self.optimizer, cfg.training)
