@@ -1,0 +1,517 @@
+"""The docker backend: run the pods the chart rendered as containers on this host (``submit --backend docker``).
+
+This is how one server is used without a cluster (a single 8-NPU Ascend server, a multi-GPU box): the
+operator contract (:mod:`whisper_k8s.operators`) says which pods the job becomes, their names, node ranks and
+environment; every pod becomes a container of that name (``<job>-master-0``, ``<job>-worker-0``) on one
+user-defined network of the job, so the master's address resolves by DNS exactly as the operator's headless
+service does in a cluster. The pods' init containers run first, one after the other, to completion.
+
+Volumes become host folders as in the local backend (:func:`whisper_k8s.backends.local_plan.volume_folder`:
+hostPath as is, each PersistentVolumeClaim one folder under ``<state>/<job>/volumes`` shared by all
+containers, each emptyDir one per pod, each ConfigMap a folder of its files), bind-mounted at the pod's mount
+paths, so no path inside the containers changes. ``/dev/shm`` memory volumes become ``--shm-size``. The pod
+security context becomes ``--user``, ``--group-add``, ``--read-only``, ``--cap-drop`` and
+``no-new-privileges``; the host folders are handed to the pod's user when we run as root (fsGroup's job).
+
+Accelerators: a container asking for ``nvidia.com/gpu`` gets ``--gpus device=...`` (the NVIDIA container
+runtime), one asking for ``huawei.com/Ascend910`` gets ``--runtime ascend`` with ``ASCEND_VISIBLE_DEVICES``
+(the Ascend docker runtime); replicas get consecutive, disjoint device indices. A job that asks for a device
+the host's engine has no runtime for is refused before anything starts. CPU and memory requests and limits
+are not applied: they size pods for cluster nodes, not for one host.
+
+State lives in the engine only, as container labels (every CLI command is a fresh process): the job, its
+namespace, operator, role, node rank, step, and the host folders of its outputs and config.
+``delete`` removes the containers, the network and the job's folder (``collect`` first what you want).
+The engine is ``docker`` (or ``$WHISPER_K8S_CONTAINER_ENGINE``, e.g. ``podman``; its CLI is the same here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from whisper_k8s.backends.base import (
+    AppRequest,
+    DryRunInfo,
+    JobCondition,
+    JobState,
+    JobStatus,
+    PodStatus,
+    Scheduler,
+    make_handle,
+)
+from whisper_k8s.backends.local_plan import (
+    config_map_files,
+    container_env,
+    expand_references,
+    volume_folder,
+)
+from whisper_k8s.errors import ClusterError, UserError
+from whisper_k8s.logs import ReplicaRef, merge_logs, parse_timestamped
+from whisper_k8s.operators import OperatorJob, Replica, get_contract
+
+ENGINE_ENV = "WHISPER_K8S_CONTAINER_ENGINE"
+STATE_ENV = "WHISPER_K8S_DOCKER_STATE"
+DEFAULT_STATE_ROOT = Path("runs") / "docker"
+OUTPUTS_MOUNT = "/outputs"
+CONFIG_MOUNT = "/config"
+LABEL = "io.whisper-k8s."  # container labels: io.whisper-k8s.job=<name>, ...
+DEFAULT_SHM = "1g"
+_POLL_SECONDS = 1.0
+# Kubernetes resource name -> (engine runtime that provides it, how to pass the devices)
+NVIDIA_GPU = "nvidia.com/gpu"
+ASCEND_NPU = "huawei.com/Ascend910"
+_QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+def state_root(explicit: str | os.PathLike | None = None) -> Path:
+    """Where docker jobs keep their volume folders: the argument, $WHISPER_K8S_DOCKER_STATE, ./runs/docker."""
+    return Path(explicit or os.environ.get(STATE_ENV) or DEFAULT_STATE_ROOT).absolute()
+
+
+def network_name(job: str) -> str:
+    return f"whisper-k8s-{job}"
+
+
+def shm_size(quantity: str | None) -> str:
+    """A Kubernetes quantity (``32Gi``) as the engine's size (``32g``); the default when absent."""
+    if not quantity:
+        return DEFAULT_SHM
+    match = _QUANTITY.match(str(quantity))
+    if not match:
+        raise UserError(f"emptyDir sizeLimit {quantity!r} of /dev/shm is not a size like 8Gi")
+    number, unit = int(match.group(1)), match.group(2) or ""
+    if unit in ("Ti", "T"):
+        return f"{number * 1024}g"
+    return f"{number}{ {'': 'b', 'Ki': 'k', 'k': 'k', 'Mi': 'm', 'M': 'm', 'Gi': 'g', 'G': 'g'}[unit]}"
+
+
+# -------------------------------------------------------------------------------------------- accelerators
+def device_requests(container: dict[str, Any]) -> dict[str, int]:
+    """The accelerators a container asks for (limits, else requests): {resource name: count}."""
+    resources = container.get("resources") or {}
+    wanted = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+    return {name: int(wanted[name]) for name in (NVIDIA_GPU, ASCEND_NPU) if int(wanted.get(name) or 0) > 0}
+
+
+def accelerator_arguments(devices: dict[str, int], first: dict[str, int], runtimes: set[str],
+                          pod: str) -> list[str]:
+    """Engine arguments passing ``devices`` through, starting at device index ``first[resource]``.
+
+    NVIDIA: the NVIDIA container runtime's ``--gpus device=i,j``. Ascend: the Ascend docker runtime
+    (``--runtime ascend``) with ``ASCEND_VISIBLE_DEVICES=i,j``. UserError when the runtime is missing.
+    """
+    arguments: list[str] = []
+    for resource, count in sorted(devices.items()):
+        indices = ",".join(str(first.get(resource, 0) + k) for k in range(count))
+        if resource == NVIDIA_GPU:
+            if "nvidia" not in runtimes:
+                raise UserError(f"pod {pod} asks for {count} {resource} but this host's container engine has "
+                                "no NVIDIA runtime (install the NVIDIA container toolkit, or submit with "
+                                "--accelerator cpu)")
+            arguments += ["--gpus", f'"device={indices}"']
+        elif resource == ASCEND_NPU:
+            if "ascend" not in runtimes:
+                raise UserError(f"pod {pod} asks for {count} {resource} but this host's container engine has "
+                                "no Ascend runtime (install Ascend Docker Runtime, or submit with "
+                                "--accelerator cpu)")
+            arguments += ["--runtime", "ascend", "-e", f"ASCEND_VISIBLE_DEVICES={indices}"]
+    return arguments
+
+
+# ------------------------------------------------------------------------------------------------ run args
+def security_arguments(pod_spec: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """The pod and container security context as engine arguments (user, groups, read-only root, caps)."""
+    pod_context = pod_spec.get("securityContext") or {}
+    context = {**pod_context, **(container.get("securityContext") or {})}
+    arguments = []
+    if "runAsUser" in context:
+        arguments += ["--user", f"{context['runAsUser']}:{context.get('runAsGroup', context['runAsUser'])}"]
+    if "fsGroup" in pod_context:
+        arguments += ["--group-add", str(pod_context["fsGroup"])]
+    for group in pod_context.get("supplementalGroups") or []:
+        arguments += ["--group-add", str(group)]
+    if context.get("readOnlyRootFilesystem"):
+        arguments.append("--read-only")
+    for capability in (context.get("capabilities") or {}).get("drop") or []:
+        arguments += ["--cap-drop", capability]
+    if context.get("allowPrivilegeEscalation") is False:
+        arguments += ["--security-opt", "no-new-privileges"]
+    return arguments
+
+
+def mount_arguments(container: dict[str, Any], pod_spec: dict[str, Any], pod: str,
+                    job_path: Path) -> tuple[list[str], dict[str, str]]:
+    """``-v host:path[:ro]`` per volume mount (memory /dev/shm as ``--shm-size``), and path -> host folder."""
+    volumes = {volume["name"]: volume for volume in pod_spec.get("volumes") or []}
+    arguments: list[str] = []
+    mounts: dict[str, str] = {}
+    for mount in container.get("volumeMounts") or []:
+        path = mount["mountPath"].rstrip("/") or "/"
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            raise UserError(f"container {container.get('name')} of pod {pod} mounts volume {mount['name']!r}, "
+                            "which the pod does not define")
+        empty_dir = volume.get("emptyDir")
+        if empty_dir is not None and empty_dir.get("medium") == "Memory":
+            if path == "/dev/shm":
+                arguments += ["--shm-size", shm_size(empty_dir.get("sizeLimit"))]
+            else:
+                arguments += ["--tmpfs", path]
+            continue
+        host = volume_folder(volume, pod, job_path) / mount.get("subPath", "")
+        mounts[path] = str(host)
+        arguments += ["-v", f"{host}:{path}" + (":ro" if mount.get("readOnly") else "")]
+    return arguments, mounts
+
+
+def restart_arguments(policy: str, backoff_limit: int) -> list[str]:
+    """The pod's restartPolicy as the engine's: OnFailure restarts up to the job's backoffLimit."""
+    if policy == "OnFailure":
+        return ["--restart", f"on-failure:{backoff_limit}"] if backoff_limit > 0 else []
+    return ["--restart", "always"] if policy == "Always" else []
+
+
+def container_labels(job: OperatorJob, replica: Replica, step: str, volumes: dict[str, str]) -> dict[str, str]:
+    """What ``status``/``logs``/``collect``/``delete`` read back (never process memory)."""
+    labels = {
+        "job": job.name, "namespace": job.namespace, "operator": job.operator, "pod": replica.pod_name,
+        "role": replica.role, "index": str(replica.index), "node-rank": str(replica.node_rank), "step": step,
+    }
+    labels.update({name: volumes[path] for name, path in (("outputs", OUTPUTS_MOUNT), ("config", CONFIG_MOUNT))
+                   if path in volumes})
+    return {LABEL + key: value for key, value in labels.items()}
+
+
+def run_arguments(container: dict[str, Any], replica: Replica, job: OperatorJob, documents: list[dict[str, Any]],
+                  job_path: Path, *, init: bool, devices: list[str], backoff_limit: int) -> dict[str, Any]:
+    """One ``docker run`` of one container of one pod: its name, argv (after ``docker``) and host folders."""
+    pod, spec = replica.pod_name, replica.pod_spec
+    if not container.get("image"):
+        raise UserError(f"container {container.get('name')} of pod {pod} has no image")
+    step = "init-" + container["name"] if init else "main"
+    name = f"{pod}-init-{container['name']}" if init else pod
+    mounts, volumes = mount_arguments(container, spec, pod, job_path)
+    env = container_env(container, {} if init else replica.env, replica, job.namespace, documents, {})
+    argv = ["run", "--detach", "--name", name, "--hostname", pod, "--network", network_name(job.name),
+            "--network-alias", pod]
+    for key, value in {**replica.labels, **container_labels(job, replica, step, volumes)}.items():
+        argv += ["--label", f"{key}={value}"]
+    argv += security_arguments(spec, container) + mounts
+    if not init:
+        argv += restart_arguments(replica.restart_policy, backoff_limit) + devices
+    for key, value in env.items():
+        argv += ["-e", f"{key}={value}"]
+    if container.get("workingDir"):
+        argv += ["--workdir", container["workingDir"]]
+    command = [expand_references(str(part), env) for part in container.get("command") or []]
+    args = [expand_references(str(part), env) for part in container.get("args") or []]
+    if command:
+        argv += ["--entrypoint", command[0], container["image"], *command[1:], *args]
+    else:
+        argv += [container["image"], *args]
+    return {"name": name, "init": init, "argv": argv, "folders": sorted(set(volumes.values()))}
+
+
+def build_plan(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path,
+               runtimes: set[str]) -> dict[str, Any]:
+    """Every container of the job in start order (each pod's init containers, then the trainers)."""
+    backoff = 0 if job.backoff_limit is None else job.backoff_limit
+    next_device: dict[str, int] = {}
+    init_runs, main_runs = [], []
+    for replica in job.replicas:
+        spec = replica.pod_spec
+        for container in spec.get("initContainers") or []:
+            init_runs.append(run_arguments(container, replica, job, documents, job_path, init=True, devices=[],
+                                           backoff_limit=backoff))
+        main = [c for c in spec.get("containers") or [] if c.get("name") == replica.container]
+        if not main:
+            raise UserError(f"pod {replica.pod_name} has no container named {replica.container!r}, which the "
+                            f"{job.operator} operator requires")
+        wanted = device_requests(main[0])
+        devices = accelerator_arguments(wanted, next_device, runtimes, replica.pod_name)
+        for resource, count in wanted.items():
+            next_device[resource] = next_device.get(resource, 0) + count
+        main_runs.append(run_arguments(main[0], replica, job, documents, job_path, init=False, devices=devices,
+                                       backoff_limit=backoff))
+    owner = next((security_owner(r.pod_spec) for r in job.replicas if security_owner(r.pod_spec)), None)
+    return {"name": job.name, "namespace": job.namespace, "network": network_name(job.name),
+            "job_path": str(job_path), "owner": owner, "runs": init_runs + main_runs,
+            "config_files": config_map_files(documents, job, job_path, {})}
+
+
+def security_owner(pod_spec: dict[str, Any]) -> list[int] | None:
+    """(uid, gid) the host folders are handed to: the pod's runAsUser and fsGroup (or runAsGroup)."""
+    context = pod_spec.get("securityContext") or {}
+    if "runAsUser" not in context:
+        return None
+    return [int(context["runAsUser"]), int(context.get("fsGroup", context.get("runAsGroup", 0)))]
+
+
+# --------------------------------------------------------------------------------------------- scheduler
+class DockerScheduler(Scheduler):
+    name = "docker"
+
+    def __init__(self, namespace: str = "default", state_dir: str | os.PathLike | None = None,
+                 engine: str | None = None, runtimes: set[str] | None = None) -> None:
+        super().__init__(namespace)
+        self.root = state_root(state_dir)
+        self.engine = engine or os.environ.get(ENGINE_ENV) or "docker"
+        self._runtimes = runtimes
+
+    # ----------------------------------------------------------------------------------------- engine
+    def _run(self, *argv: str, check: bool = True, timeout: float | None = 120) -> subprocess.CompletedProcess:
+        try:
+            proc = subprocess.run([self.engine, *argv], capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError:
+            raise ClusterError(f"container engine {self.engine!r} is not installed (set {ENGINE_ENV} to "
+                               "docker or podman)") from None
+        if check and proc.returncode != 0:
+            raise ClusterError(f"`{self.engine} {shlex.join(argv[:3])} ...` failed: {proc.stderr.strip()[-800:]}")
+        return proc
+
+    def runtimes(self) -> set[str]:
+        """The engine's container runtimes (``runc``, ``nvidia``, ``ascend``...), read once from its info."""
+        if self._runtimes is None:
+            info = self._run("info", "--format", "{{json .Runtimes}}")
+            self._runtimes = set(json.loads(info.stdout or "{}") or {})
+        return self._runtimes
+
+    # ----------------------------------------------------------------------------------------- submit
+    def dryrun(self, request: AppRequest) -> DryRunInfo:
+        contract = get_contract(request.operator)
+        job = contract.read_job(request.documents)
+        plan = build_plan(job, request.documents, self.root / job.name, self.runtimes())
+        actions = [f"{self.engine} network create {plan['network']}"]
+        actions += [f"{self.engine} {shlex.join(run['argv'])}" + ("  (waits for it to finish)" if run["init"] else "")
+                    for run in plan["runs"]]
+        return DryRunInfo(backend=self.name, request=request, documents=request.documents,
+                          actions=[line.replace("\n", "\\n") for line in actions], extra={"plan": plan})
+
+    def schedule(self, info: DryRunInfo) -> str:
+        plan = info.extra["plan"]
+        if self._containers(plan["name"]):
+            raise UserError(f"docker job {plan['name']} already exists: delete it first with "
+                            f"`python -m whisper_k8s delete {plan['name']} --backend docker` (collect before)")
+        self._prepare_folders(plan)
+        network = plan["network"]
+        if self._run("network", "inspect", network, check=False).returncode != 0:
+            self._run("network", "create", "--label", f"{LABEL}job={plan['name']}", network)
+        for run in plan["runs"]:
+            self._run(*run["argv"])
+            if run["init"]:
+                self._wait_init(run["name"])
+        return make_handle(self.name, plan["namespace"], plan["name"])
+
+    def _prepare_folders(self, plan: dict[str, Any]) -> None:
+        """Create the volume folders and ConfigMap files; hand them to the pod's user when we are root."""
+        job_path = Path(plan["job_path"])
+        folders = {Path(f) for run in plan["runs"] for f in run["folders"]}
+        created = [f for f in folders if not f.exists()]
+        for folder in created:
+            folder.mkdir(parents=True)
+        for path, content in plan["config_files"].items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(content)
+        owner = plan["owner"]
+        if owner and os.geteuid() == 0:
+            for folder in created:
+                if job_path in folder.parents:
+                    for path in [folder, *folder.rglob("*")]:
+                        os.chown(path, *owner)
+        elif owner and os.geteuid() != owner[0]:
+            for folder in created:
+                if job_path in folder.parents:
+                    folder.chmod(0o777)  # the pod's user is not us: let it write, as fsGroup would
+
+    def _wait_init(self, name: str) -> None:
+        """Block until an init container ends; ClusterError with its log tail when it fails."""
+        waited = self._run("wait", name, timeout=None)
+        code = int((waited.stdout.strip().splitlines() or ["1"])[-1])
+        if code != 0:
+            log = self._run("logs", "--tail", "20", name, check=False)
+            raise ClusterError(f"init container {name} failed (exit {code}):\n{(log.stdout + log.stderr).strip()}")
+
+    # ----------------------------------------------------------------------------------------- read back
+    def _containers(self, name: str | None = None) -> list[dict[str, Any]]:
+        """``docker inspect`` of the containers of one job (or of all jobs) in our namespace."""
+        filters = ["--filter", f"label={LABEL}namespace={self.namespace}"]
+        filters += ["--filter", f"label={LABEL}job={name}" if name else f"label={LABEL}job"]
+        ids = self._run("ps", "--all", "--quiet", "--no-trunc", *filters).stdout.split()
+        if not ids:
+            return []
+        return json.loads(self._run("inspect", *ids).stdout)
+
+    def describe(self, name: str) -> JobStatus | None:
+        containers = self._containers(name)
+        return _job_status(name, self.namespace, self.name, containers) if containers else None
+
+    def list(self) -> list[JobStatus]:
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for container in self._containers():
+            by_job.setdefault(_labels(container)["job"], []).append(container)
+        return [_job_status(job, self.namespace, self.name, found) for job, found in sorted(by_job.items())]
+
+    def cancel(self, name: str) -> None:
+        """Stop the containers (SIGTERM, the pods' grace period, SIGKILL), remove them, the network and the
+        job's folder."""
+        containers = self._containers(name)
+        if not containers:
+            raise UserError(f"no docker job {name} in namespace {self.namespace} (see `python -m whisper_k8s "
+                            "list --backend docker`)")
+        ids = [c["Id"] for c in containers]
+        self._run("stop", "--time", "30", *ids, timeout=None, check=False)
+        self._run("rm", "--force", *ids)
+        self._run("network", "rm", network_name(name), check=False)
+        job_path = self.root / name
+        if job_path.is_dir():
+            shutil.rmtree(job_path)
+
+    # ----------------------------------------------------------------------------------------- logs
+    def log_iter(self, name: str, *, follow: bool = False, since: float | None = None,
+                 role: str | None = None, rank: int | None = None) -> Iterator[str]:
+        """Merged logs of every container of the job (init containers first), ``[master-0] ...``."""
+        if not self._containers(name):
+            raise UserError(f"no docker job {name} in namespace {self.namespace}")
+        snapshots = self._snapshots(name) if follow else iter([self._refs(name)])
+
+        def open_stream(replica: ReplicaRef, following: bool) -> Iterator[tuple[datetime | None, str]]:
+            container, started = replica.instance.split("/", 1)[0], replica.instance.split("@", 1)[-1]
+            argv = [self.engine, "logs", "--timestamps"] + (["--follow"] if following else [])
+            if since is not None:
+                argv += ["--since", f"{int(since)}s"]
+            elif "/0@" not in replica.instance:  # a restarted container: only this run's lines
+                argv += ["--since", started]
+            yield from _stream_lines([*argv, container])
+
+        for line in merge_logs(snapshots, open_stream, follow=follow, role=role, rank=rank):
+            yield str(line)
+
+    def _refs(self, name: str) -> list[ReplicaRef]:
+        refs = []
+        for container in self._containers(name):
+            labels, state = _labels(container), container["State"]
+            refs.append(ReplicaRef(role=labels["role"], rank=int(labels["node-rank"]), name=labels["pod"],
+                                   instance=f"{container['Id']}/{container.get('RestartCount', 0)}"
+                                            f"@{state.get('StartedAt', '')}",
+                                   ready=state.get("Status") != "created"))
+        return refs
+
+    def _snapshots(self, name: str) -> Iterator[list[ReplicaRef]]:
+        while True:
+            status = self.describe(name)
+            yield self._refs(name)
+            if status is None or status.is_terminal:
+                return
+            time.sleep(_POLL_SECONDS)
+
+    # ----------------------------------------------------------------------------------------- outputs
+    def _job_folder(self, name: str, key: str) -> Path | None:
+        for container in self._containers(name):
+            folder = _labels(container).get(key)
+            if folder:
+                return Path(folder)
+        return None
+
+    def outputs_dir(self, name: str) -> Path:
+        if not self._containers(name):
+            raise UserError(f"no docker job {name} in namespace {self.namespace}")
+        folder = self._job_folder(name, "outputs")
+        if folder is None:
+            raise UserError(f"docker job {name} mounts no volume at {OUTPUTS_MOUNT}: nothing to collect")
+        return folder
+
+    def fetch_outputs(self, name: str, dest: Path) -> Path:
+        """Copy what ``collect`` needs from the job's outputs folder (see whisper_k8s.collect.copy_outputs)."""
+        from whisper_k8s.collect import copy_outputs
+
+        return copy_outputs(self.outputs_dir(name), Path(dest), config=self._job_folder(name, "config"))
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _labels(container: dict[str, Any]) -> dict[str, str]:
+    labels = (container.get("Config") or {}).get("Labels") or {}
+    return {key[len(LABEL):]: value for key, value in labels.items() if key.startswith(LABEL)}
+
+
+def _time(text: str | None) -> datetime | None:
+    """The engine's RFC 3339 times (nanoseconds, ``Z``); None for its zero time."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, rest = text.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(head).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _phase(state: dict[str, Any]) -> str:
+    status = state.get("Status")
+    if status in ("running", "restarting", "paused"):
+        return JobState.RUNNING
+    if status in ("exited", "dead"):
+        return JobState.SUCCEEDED if state.get("ExitCode") == 0 else JobState.FAILED
+    return JobState.PENDING
+
+
+def _job_status(name: str, namespace: str, backend: str, containers: list[dict[str, Any]]) -> JobStatus:
+    """Job state from its containers: the operator's success policy on the trainers, failures from any."""
+    labels = [_labels(c) for c in containers]
+    operator = labels[0].get("operator", "pytorchjob")
+    pods, phases, problems = [], {}, []
+    for container, label in sorted(zip(containers, labels, strict=True),
+                                   key=lambda pair: (int(pair[1]["node-rank"]), pair[1]["step"] != "main")):
+        state, phase = container["State"], _phase(container["State"])
+        if label["step"] != "main":
+            if phase == JobState.FAILED:
+                problems.append(f"{label['pod']}: init container {label['step'][5:]} failed "
+                                f"(exit {state.get('ExitCode')})")
+                phases[f"{label['role']}-{label['index']}"] = JobState.FAILED
+            continue
+        reason = f"Error (exit {state.get('ExitCode')})" if phase == JobState.FAILED else ""
+        if state.get("OOMKilled"):
+            reason = "OOMKilled"
+        pods.append(PodStatus(name=label["pod"], role=label["role"], rank=int(label["node-rank"]), phase=phase,
+                              restarts=int(container.get("RestartCount") or 0), node="docker",
+                              started=_time(state.get("StartedAt")), reason=reason,
+                              message=state.get("Error") or ""))
+        phases.setdefault(f"{label['role']}-{label['index']}", phase)
+    contract = get_contract(operator)
+    if contract.succeeded(phases):
+        state = JobState.SUCCEEDED
+    elif JobState.FAILED in phases.values():
+        state = JobState.FAILED
+    elif JobState.RUNNING in phases.values():
+        state = JobState.RUNNING
+    else:
+        state = JobState.PENDING
+    created = min((_time(c.get("Created")) for c in containers if _time(c.get("Created"))), default=None)
+    conditions = [JobCondition("Created", "True", "Created", f"job {name} is created", created)]
+    if state in JobState.TERMINAL:
+        conditions.append(JobCondition(state, "True", state, ""))
+    return JobStatus(name=name, namespace=namespace, backend=backend, state=state, conditions=conditions,
+                     pods=pods, problems=problems, created=created, operator=operator,
+                     nodes=len({label["pod"] for label in labels}))
+
+
+def _stream_lines(argv: list[str]) -> Iterator[tuple[datetime | None, str]]:
+    """The lines of ``docker logs`` (stdout and stderr interleaved as the engine returns them)."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                yield parse_timestamped(raw.decode("utf-8", errors="replace").rstrip("\n"))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
