@@ -25,6 +25,7 @@ from whisper_k8s.errors import UserError
 BACKENDS: dict[str, tuple[str, str]] = {
     "kubernetes": ("whisper_k8s.backends.kubernetes", "KubernetesScheduler"),
     "local": ("whisper_k8s.backends.local", "LocalScheduler"),
+    "docker": ("whisper_k8s.backends.docker", "DockerScheduler"),
 }
 
 DEFAULT_BACKEND = "kubernetes"
