@@ -177,6 +177,9 @@ def test_rerun_is_a_no_op_and_a_changed_source_reconverts(hf_tiny, tmp_path):
     assert torch.equal(megatron.load_file(out)["model.encoder.conv1.bias"], state["model.encoder.conv1.bias"])
     out.write_bytes(out.read_bytes()[:-10])  # a damaged output is not "current"
     assert not convert_hf_to_mm(source, out, quiet=True).skipped
+    stat = out.stat()  # same size, other mtime: e.g. the old file left by a crash before the rename
+    os.utime(out, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**9))
+    assert not convert_hf_to_mm(source, out, quiet=True).skipped
     assert marker.is_current(out, marker.read(out)["fingerprint"])
 
 

@@ -77,7 +77,7 @@ def convert_hf_to_mm(
             marker.write(staging, fingerprint, marker.output_files(staging), details)
     else:
         def mark(tmp: Path) -> None:
-            marker.write(dst, fingerprint, {dst.name: tmp.stat().st_size}, details)
+            marker.write(dst, fingerprint, {dst.name: marker.file_identity(tmp)}, details)
 
         nbytes = _write(source, plan, cast, dst, lambda tensors: tensors, mark, quiet, durable)
     return ConversionResult(dst, skipped=False, tensors=len(plan), nbytes=nbytes, details={"config": origin})

@@ -2,7 +2,9 @@
 
 Init containers run ``convert hf-to-mm`` on every pod start; re-reading and re-writing gigabytes each time
 would delay training for nothing. The marker records a fingerprint of the source (every file's name, size,
-modification time and its first and last 64 KiB, plus the conversion options) and of the output (sizes).
+modification time and its first and last 64 KiB, plus the conversion options) and of the output (sizes and
+modification times, so an output the marker does not describe, e.g. after a crash before the rename, is
+redone).
 Matching fingerprints and an intact output mean nothing to do; anything else reconverts. The fingerprint does
 not hash whole files on purpose (that would read the whole source again on every start); replacing a
 checkpoint changes its size or modification time, and ``--force`` reconverts unconditionally.
@@ -46,14 +48,20 @@ def fingerprint(files: Iterable[Path], options: Mapping) -> str:
     return digest.hexdigest()
 
 
-def output_files(output: Path) -> dict[str, int]:
-    """Relative name -> size of what a conversion wrote (the marker itself excluded)."""
+def file_identity(path: Path) -> list[int]:
+    """Size and modification time: a rename keeps both, so a temp file's identity is its final one's."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def output_files(output: Path) -> dict[str, list[int]]:
+    """Relative name -> identity of what a conversion wrote (the marker itself excluded)."""
     output = Path(output)
     if output.is_file():
-        return {output.name: output.stat().st_size}
+        return {output.name: file_identity(output)}
     if not output.is_dir():
         return {}
-    return {str(p.relative_to(output)): p.stat().st_size for p in sorted(output.rglob("*"))
+    return {str(p.relative_to(output)): file_identity(p) for p in sorted(output.rglob("*"))
             if p.is_file() and p.name != MARKER_NAME}
 
 
@@ -71,7 +79,7 @@ def is_current(output: Path, source_fingerprint: str) -> bool:
             and marker.get("outputs") == output_files(output) and bool(marker.get("outputs")))
 
 
-def write(output: Path, source_fingerprint: str, outputs: dict[str, int], details: Mapping) -> None:
+def write(output: Path, source_fingerprint: str, outputs: dict[str, list[int]], details: Mapping) -> None:
     """Write the marker atomically. For a folder output call it on the staging folder before the rename."""
     path = marker_path(output)
     tmp = path.with_name(path.name + ".tmp")
