@@ -21,8 +21,11 @@ def build_optimizer(model: torch.nn.Module, t: TrainingConfig) -> torch.optim.Op
         if p.requires_grad:
             (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    params = decay + no_decay
+    # One fused kernel per step on CUDA for plain tensors (DDP); foreach elsewhere (CPU, NPU, FSDP2 DTensors).
+    fused = bool(params) and all(p.is_cuda and type(p.data) is torch.Tensor for p in params)
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
-                             foreach=True)
+                             **({"fused": True} if fused else {"foreach": True}))
 
 
 class LRSchedule:
