@@ -130,6 +130,10 @@ exec "$@"
   value: {{ .Values.ascendEnv.TOKENIZERS_PARALLELISM | quote }}
 - name: WHISPER_DIST_BACKEND
   value: {{ include "whisper.distBackend" . | quote }}
+{{- /* torchrun SIGKILLs its workers 30 s after forwarding SIGTERM; torch >= 2.12 waits this long instead, so
+the trainer's SIGTERM checkpoint gets the pod's whole grace period (older torch ignores the variable). */}}
+- name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+  value: {{ int64 .Values.terminationGracePeriodSeconds | quote }}
 {{- if eq .Values.accelerator.type "ascend" }}
 {{- range $name, $value := omit .Values.ascendEnv "TOKENIZERS_PARALLELISM" }}
 - name: {{ $name }}
