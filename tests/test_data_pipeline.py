@@ -87,6 +87,38 @@ def test_features_equal_whisper_feature_extractor(cv_dataset, processor_dir):
             assert np.abs(got - expected).max() < 1e-4
 
 
+def test_shorter_window_features_equal_extractor_of_that_length(cv_dataset, processor_dir):
+    """A model with max_source_positions 250 takes 500 frames: WhisperFeatureExtractor(chunk_length=5)."""
+    from transformers import WhisperFeatureExtractor
+
+    clips = [decode_16k(clip) for clip in list(train_clips(cv_dataset).values())[:2]]
+    noise = np.random.default_rng(1).standard_normal(80_000).astype(np.float32) * 0.05
+    batch = [*clips, noise[:150], noise[:79_650], noise]  # speech, tiny, just under and exactly 5 s
+    extractor = WhisperFeatureExtractor.from_pretrained(str(processor_dir), chunk_length=5)
+    expected = np.stack([extractor(w, sampling_rate=16000, return_tensors="np").input_features[0] for w in batch])
+    got = LogMel(mel_filters(str(processor_dir), 128), n_frames=500)(batch).numpy()
+    assert expected.shape == got.shape == (len(batch), 128, 500)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_loader_window_follows_frame_count_and_skips_longer_clips(cv_dataset, processor_dir):
+    import soundfile
+
+    window_s = 2.0  # n_frames 200: the synthetic clips last ~1.4-3 s, so some are longer than the window
+    durations = {path: soundfile.info(io.BytesIO(data)).duration for path, data in train_clips(cv_dataset).items()}
+    too_long = {path for path, seconds in durations.items() if seconds > window_s}
+    assert 0 < len(too_long) < len(durations)
+    data = loader(cv_dataset, processor_dir, micro_batch_size=1, shuffle=False, n_frames=200)
+    batches = iter(data)
+    seen = []
+    while data.state_dict()["epoch"] == 0:
+        batch = next(batches)
+        assert batch["input_features"].shape == (1, 128, 200)
+        seen.extend(batch["paths"])
+    assert set(seen[:-1]) == set(durations) - too_long  # the last one already belongs to epoch 1
+    assert data.stats()["too_long"] == len(too_long)
+
+
 def test_labels_follow_hf_recipe_and_model_shift(cv_dataset, processor_dir, tmp_path):
     from transformers import WhisperTokenizer
     from transformers.models.whisper.modeling_whisper import shift_tokens_right

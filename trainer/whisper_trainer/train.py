@@ -55,6 +55,7 @@ def default_loader_factory(cfg: TrainerConfig, env: parallel.DistEnv):
         micro_batch_size=cfg.training.micro_batch_size, num_workers=cfg.training.num_workers,
         seed=cfg.training.seed, shuffle=cfg.data.shuffle, max_label_tokens=cfg.training.max_label_tokens,
         task=cfg.data.task, pin_memory=cfg.data.pin_memory and env.device.type != "cpu",
+        n_frames=2 * int(cfg.model.fields["max_source_positions"]),  # the encoder input length (conv stride 2)
     )
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 
 from whisper_k8s.errors import UserError
 from whisper_trainer.data.catalog import build_catalog
-from whisper_trainer.data.features import mel_filters
+from whisper_trainer.data.features import N_FRAMES, mel_filters
 from whisper_trainer.data.labels import LabelEncoder
 from whisper_trainer.data.loader import ResumableLoader
 from whisper_trainer.data.stream import StreamSettings, StreamSources
@@ -26,18 +26,20 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
                      n_mels: int, rank: int, world_size: int, micro_batch_size: int, num_workers: int,
                      seed: int, shuffle: bool = True, max_label_tokens: int = 448,
                      task: str = "transcribe", prefetch_factor: int = 2, pin_memory: bool = False,
-                     return_paths: bool = False) -> ResumableLoader:
+                     return_paths: bool = False, n_frames: int = N_FRAMES) -> ResumableLoader:
     """The data loader of rank ``rank`` of ``world_size``.
 
     ``languages`` are Common Voice locales (a comma-separated string is accepted too). ``num_workers`` 0 reads
     in the calling process. ``prefetch_factor`` batches wait per worker in shared memory (/dev/shm: ~12 MB each
     at batch 8 x 128 mels, so pods need a memory-backed /dev/shm larger than Kubernetes' 64 MB default).
-    ``return_paths`` adds each batch's TSV paths under ``paths`` (tests, debugging).
+    ``return_paths`` adds each batch's TSV paths under ``paths`` (tests, debugging). ``n_frames`` is the
+    model's window, 2 x max_source_positions (3000 = 30 s for every Whisper size; MindSpeed-MM's encoder
+    refuses any other length): clips longer than it are skipped as too_long.
     """
     if isinstance(languages, str):
         languages = [language.strip() for language in languages.split(",") if language.strip()]
     _check_counts(rank=rank, world_size=world_size, micro_batch_size=micro_batch_size, num_workers=num_workers,
-                  n_mels=n_mels, max_label_tokens=max_label_tokens, seed=seed)
+                  n_mels=n_mels, max_label_tokens=max_label_tokens, seed=seed, n_frames=n_frames)
     encoder = LabelEncoder(processor_dir, task)
     for language in languages:
         encoder.language_id(language)  # refuse an unknown locale before any worker starts
@@ -46,7 +48,7 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
     settings = StreamSettings(
         micro_batch_size=micro_batch_size,
         max_label_tokens=max_label_tokens, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
-        streams_per_rank=max(1, num_workers), return_paths=return_paths,
+        streams_per_rank=max(1, num_workers), return_paths=return_paths, n_frames=n_frames,
     )
     _check_enough_samples(catalog, settings)
     LOG.info(

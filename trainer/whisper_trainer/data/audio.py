@@ -29,8 +29,13 @@ class BadAudio(ValueError):
         self.reason = reason
 
 
-def decode_16k(data: bytes) -> np.ndarray:
-    """Decode one audio file held in memory; raise BadAudio for corrupt, empty or over-30-s audio."""
+def decode_16k(data: bytes, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """Decode one audio file held in memory; raise BadAudio for corrupt, empty or too long audio.
+
+    ``max_seconds`` is the model's window (2 x max_source_positions frames of 10 ms): 30 s for every Whisper
+    size, shorter for a model built with fewer encoder positions (the demo's). Longer clips cannot be seen
+    whole, so they are skipped as too_long rather than cut (a cut clip would be trained on the wrong text).
+    """
     import soundfile
 
     if not data:
@@ -42,8 +47,9 @@ def decode_16k(data: bytes) -> np.ndarray:
         raise BadAudio(CORRUPT_AUDIO, f"libsndfile cannot decode it: {message}") from err
     if samples.shape[0] == 0:
         raise BadAudio(EMPTY_AUDIO, "audio has no samples")
-    if samples.shape[0] > MAX_SECONDS * rate:
-        raise BadAudio(TOO_LONG, f"audio lasts {samples.shape[0] / rate:.1f} s, over Whisper's {MAX_SECONDS} s window")
+    if samples.shape[0] > max_seconds * rate:
+        raise BadAudio(TOO_LONG, f"audio lasts {samples.shape[0] / rate:.1f} s, over the model's {max_seconds:g} s "
+                                 "window (2 x max_source_positions frames of 10 ms)")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     return resample_16k(mono, rate)
 

@@ -7,6 +7,11 @@ product and one log, and the remaining frames are filled with the value all-zero
 equals the full computation while costing about clip length / 30 s of it. The steps
 and their order follow the extractor: Hann-windowed 400-point STFT, hop 160, last frame dropped, power, slaney
 mel filters, log10 of max(x, 1e-10), floor at (per-sample max - 8), then (x + 4) / 4.
+
+The frame count is the model's (2 x max_source_positions; 3000 = 30 s for every Whisper size): a model built
+with a shorter window gets the first ``n_frames`` frames, which equal ``WhisperFeatureExtractor(chunk_length=
+n_frames / 100)``: for a clip inside the window, the frames past it see only zeros either way and the peak
+that sets the floor is the clip's own (zeros give the lowest value).
 """
 
 from __future__ import annotations
@@ -48,9 +53,9 @@ def mel_filters(processor_dir: str, n_mels: int) -> np.ndarray:
 
 
 class LogMel:
-    """Callable: list of 16 kHz float32 waveforms (each <= 30 s) -> FloatTensor[B, n_mels, 3000]."""
+    """Callable: 16 kHz float32 waveforms (each within the window) -> FloatTensor[B, n_mels, n_frames]."""
 
-    def __init__(self, filters: np.ndarray):
+    def __init__(self, filters: np.ndarray, n_frames: int = N_FRAMES):
         import torch
 
         dense = torch.from_numpy(np.ascontiguousarray(filters.T, dtype=np.float32))  # [n_mels, 201]
@@ -61,15 +66,16 @@ class LogMel:
             self.filters = dense.to_sparse_csr()
         self.n_mels = dense.shape[0]
         self.window = torch.hann_window(N_FFT)
+        self.n_frames = n_frames
 
     def __call__(self, waveforms: list[np.ndarray]):
         import torch
 
-        frames = [signal_frames(waveform.shape[0]) for waveform in waveforms]
+        frames = [signal_frames(waveform.shape[0], self.n_frames) for waveform in waveforms]
         powers = [self._power(waveform, computed) for waveform, computed in zip(waveforms, frames, strict=True)]
         # One sparse product and one log over every clip's frames side by side: [201, sum T] -> [n_mels, sum T].
         log_spec = (self.filters @ torch.cat(powers, dim=1)).clamp_(min=1e-10).log10_()
-        features = torch.empty(len(waveforms), self.n_mels, N_FRAMES)
+        features = torch.empty(len(waveforms), self.n_mels, self.n_frames)
         for row, clip_log_spec in enumerate(log_spec.split(frames, dim=1)):
             _finish(clip_log_spec, features[row])
         return features
@@ -79,7 +85,7 @@ class LogMel:
         import torch
 
         # The zero padding keeps the STFT's right-hand reflection inside zeros, as in the 30 s computation.
-        length = min(MAX_SAMPLES, (computed - 1) * HOP_LENGTH + N_FFT + 1)
+        length = min(self.n_frames * HOP_LENGTH, (computed - 1) * HOP_LENGTH + N_FFT + 1)
         clip = torch.from_numpy(waveform[:length])
         signal = torch.nn.functional.pad(clip, (0, length - clip.shape[0]))
         spectrum = torch.stft(signal, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)[:, :computed]
@@ -87,9 +93,9 @@ class LogMel:
         return parts[..., 0].square().add_(parts[..., 1].square())  # |X|^2 without complex abs (a sqrt)
 
 
-def signal_frames(num_samples: int) -> int:
+def signal_frames(num_samples: int, n_frames: int = N_FRAMES) -> int:
     """Frames whose window reaches into a clip of ``num_samples`` samples; later ones see only zero padding."""
-    return min(N_FRAMES, -(-(num_samples + N_FFT // 2) // HOP_LENGTH))
+    return min(n_frames, -(-(num_samples + N_FFT // 2) // HOP_LENGTH))
 
 
 def _finish(log_spec, out) -> None:
@@ -98,7 +104,7 @@ def _finish(log_spec, out) -> None:
 
     computed = log_spec.shape[1]
     peak = log_spec.max()
-    if computed < N_FRAMES:
+    if computed < out.shape[1]:
         peak = peak.clamp(min=LOG_FLOOR)  # the all-zero frames (log10(1e-10)) take part in the peak too
     floor = peak - 8.0
     out[:, :computed] = torch.maximum(log_spec, floor).add_(4.0).div_(4.0)

@@ -32,7 +32,7 @@ TOPOLOGY_KEYS = ("world_size", "streams_per_rank", "num_samples", "seed", "shuff
 class ResumableLoader:
     """Endless iterator of batch dicts for one rank; ``state_dict``/``load_state_dict`` resume it exactly.
 
-    Call ``load_state_dict`` before iterating. Each batch: ``input_features`` FloatTensor[B, n_mels, 3000],
+    Call ``load_state_dict`` before iterating. Each batch: ``input_features`` FloatTensor[B, n_mels, n_frames],
     ``labels`` LongTensor[B, L] padded with -100 (no ``decoder_input_ids``: the model derives them by shifting
     the labels right behind <|startoftranscript|>, see labels.py), ``num_samples`` B.
     """

@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from whisper_k8s.errors import UserError
-from whisper_trainer.data.audio import CORRUPT_AUDIO, EMPTY_AUDIO, TOO_LONG, BadAudio, decode_16k
+from whisper_trainer.data.audio import CORRUPT_AUDIO, EMPTY_AUDIO, SAMPLE_RATE, TOO_LONG, BadAudio, decode_16k
 from whisper_trainer.data.catalog import PROBLEM_DETAILS, Catalog
-from whisper_trainer.data.features import LogMel
+from whisper_trainer.data.features import HOP_LENGTH, N_FRAMES, LogMel
 from whisper_trainer.data.labels import TOO_MANY_TOKENS, LabelEncoder
 
 LOG = logging.getLogger("whisper_trainer.data")
@@ -68,10 +68,15 @@ class StreamSettings:
     world_size: int
     streams_per_rank: int
     return_paths: bool = False
+    n_frames: int = N_FRAMES  # the model's window: 2 x max_source_positions
 
     @property
     def consumers(self) -> int:
         return self.world_size * self.streams_per_rank
+
+    @property
+    def max_seconds(self) -> float:
+        return self.n_frames * HOP_LENGTH / SAMPLE_RATE
 
 
 def start_position() -> dict:
@@ -102,7 +107,7 @@ class SampleReader:
         location = catalog.locations[index]
         data = os.pread(self._descriptor(location.shard), location.size, location.offset)
         try:
-            waveform = decode_16k(data)
+            waveform = decode_16k(data, self.settings.max_seconds)
         except BadAudio as bad:
             return self._skip(index, bad.reason, str(bad))
         return waveform, labels
@@ -125,7 +130,7 @@ class SampleReader:
 
 
 def collate(waveforms, label_lists, log_mel: LogMel) -> dict:
-    """Batch dict: features [B, n_mels, 3000] and labels padded with -100 (the model shifts them itself)."""
+    """Batch dict: features [B, n_mels, n_frames] and labels padded with -100 (the model shifts them itself)."""
     longest = max(len(labels) for labels in label_lists)
     labels = torch.full((len(label_lists), longest), IGNORE_INDEX, dtype=torch.long)
     for row, ids in enumerate(label_lists):
@@ -143,7 +148,7 @@ def stream_batches(sources: StreamSources, settings: StreamSettings, stream: int
     skipped = Counter(position["skipped"])
     catalog = sources.catalog
     reader = SampleReader(sources, settings, skipped)
-    log_mel = LogMel(sources.filters)
+    log_mel = LogMel(sources.filters, settings.n_frames)
     share = consumer_share(len(catalog), settings.seed, epoch, settings.shuffle, consumer, settings.consumers)
     # Spinning forever on a stream whose samples are all bad must not happen: a complete epoch without a usable
     # sample, before this stream ever found one, is an error. (A later unlucky epoch of a tiny, partly bad
