@@ -21,7 +21,7 @@ import torch
 
 from whisper_k8s.cli.main import main as cli_main
 from whisper_k8s.errors import UserError
-from whisper_k8s.inference.audio import SAMPLE_RATE, WINDOW_SAMPLES, load_audio, split_windows
+from whisper_k8s.inference.audio import SAMPLE_RATE, WINDOW_SAMPLES, load_audio, split_windows, window_samples
 from whisper_k8s.inference.evaluate import evaluate_dataset, iter_samples
 from whisper_k8s.inference.metrics import text_normalizer, wer_cer
 from whisper_k8s.inference.transcribe import (
@@ -109,6 +109,21 @@ def test_70_seconds_make_three_windows(tmp_path, speech):
     assert [w.size for w in windows] == [WINDOW_SAMPLES, WINDOW_SAMPLES, 10 * SAMPLE_RATE]
     assert np.array_equal(np.concatenate(windows), audio)
     assert len(split_windows(np.zeros(0, np.float32))) == 1  # even silence-free empty audio gets a transcript
+
+
+def test_windows_follow_the_models_encoder_length(tmp_path, speech, processor):
+    """A model built with max_source_positions 250 sees 5 s: a 12 s file is three windows, each fed as the 500
+    frames its encoder demands (Hugging Face refuses any other length, so decoding at all proves the features)."""
+    from whisper_trainer.config import validate_model_fields
+    from whisper_trainer.model import build_model
+
+    assert window_samples(tiny_model(seed=0).config) == WINDOW_SAMPLES  # every real preset keeps 30 s
+    fields = {**tiny_fields(), "max_source_positions": 250}
+    short = build_model(validate_model_fields(fields), seed=0).eval()
+    assert window_samples(short.config) == 5 * SAMPLE_RATE
+    audio = load_audio(write_long_file(tmp_path / "long.wav", speech, 12))
+    [result] = transcribe_audio(short, processor, [audio], language="en", max_new_tokens=2)
+    assert result.windows == 3 and result.duration_s == 12
 
 
 # --- (b) metrics --------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Audio in: any MP3/WAV/FLAC file (or file object) -> 16 kHz mono float32, cut into Whisper's 30 s windows.
+"""Audio in: any MP3/WAV/FLAC file (or file object) -> 16 kHz mono float32, cut into the model's windows.
 
-Whisper's encoder sees exactly 30 s at a time, so audio of any length is transcribed window by window. The
-windows here are plain consecutive slices (no overlap, no timestamp-driven seeking): simple, deterministic,
-and good enough for read speech such as Common Voice, where a sentence rarely straddles a boundary.
+Whisper's encoder sees exactly 30 s at a time (2 x max_source_positions = 3000 frames of 10 ms; a model built
+with fewer positions, such as the demo preset, sees less), so audio of any length is transcribed window by
+window. The windows here are plain consecutive slices (no overlap, no timestamp-driven seeking): simple,
+deterministic, and good enough for read speech such as Common Voice, where a sentence rarely straddles a
+boundary.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from whisper_k8s.errors import UserError
 SAMPLE_RATE = 16_000
 WINDOW_SECONDS = 30
 WINDOW_SAMPLES = SAMPLE_RATE * WINDOW_SECONDS
+HOP_LENGTH = 160  # samples per mel frame
+
+
+def window_samples(model_config) -> int:
+    """Samples in one window of a model: its encoder takes 2 x max_source_positions frames (conv stride 2)."""
+    return 2 * int(model_config.max_source_positions) * HOP_LENGTH
 
 
 def load_audio(source: str | os.PathLike | IO[bytes], name: str | None = None) -> np.ndarray:
@@ -46,7 +54,7 @@ def split_windows(audio: np.ndarray, window_samples: int = WINDOW_SAMPLES) -> li
     """Consecutive ``window_samples`` slices of ``audio``; the last one may be shorter.
 
     Empty audio still gives one (empty) window, so every file yields a transcript, even an empty one. The
-    feature extractor pads each window to 30 s.
+    feature extractor pads each window to the full window length.
     """
     if audio.size == 0:
         return [audio]

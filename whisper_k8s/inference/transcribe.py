@@ -1,5 +1,5 @@
-"""Transcribe audio with any Whisper checkpoint of ours: long files in 30 s windows, batched, language given or
-detected, on NPU, GPU or CPU.
+"""Transcribe audio with any Whisper checkpoint of ours: long files in the model's windows (30 s for Whisper),
+batched, language given or detected, on NPU, GPU or CPU.
 
 Why not ``model.generate(language=...)``: Whisper's own generate needs a complete generation_config
 (``lang_to_id``, ``task_to_id``, ...), which models pretrained from scratch here and converted MindSpeed-MM
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from whisper_k8s.errors import UserError
-from whisper_k8s.inference.audio import SAMPLE_RATE, load_audio, split_windows
+from whisper_k8s.inference.audio import SAMPLE_RATE, load_audio, split_windows, window_samples
 
 
 @dataclass
@@ -152,10 +152,10 @@ def decoder_prompt_ids(encoder, code: str) -> list[int]:
 
 
 def _features(processor, windows: Sequence[np.ndarray], model):
-    """Log-mel features padded to 30 s, on the model's device and dtype."""
+    """Log-mel features padded to the model's window (30 s for Whisper), on the model's device and dtype."""
     parameter = next(model.parameters())
     features = processor.feature_extractor(
-        list(windows), sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        list(windows), sampling_rate=SAMPLE_RATE, return_tensors="pt", max_length=window_samples(model.config)
     ).input_features
     return features.to(device=parameter.device, dtype=parameter.dtype)
 
@@ -247,7 +247,7 @@ def transcribe_audio(model, processor, clips: Sequence[np.ndarray], *, names: Se
     tokenizer = processor.tokenizer
     encoder = label_encoder(processor, task)
     names = list(names) if names is not None else [f"clip{i}" for i in range(len(clips))]
-    windows = [split_windows(clip) for clip in clips]
+    windows = [split_windows(clip, window_samples(model.config)) for clip in clips]
     if language is None:
         languages = _batched(lambda b: detect_languages(model, processor, b), [w[0] for w in windows], batch_size)
     else:
