@@ -244,7 +244,9 @@ def test_presets_match_the_contract(reference):
         "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
         "decoder_attention_heads": 4, "encoder_ffn_dim": 256, "decoder_ffn_dim": 256, "num_mel_bins": 128,
         "vocab_size": 51866, "max_source_positions": 1500, "max_target_positions": 448}
-    with pytest.raises(UserError, match="large-v3, tiny"):
+    demo = json.loads(chart.preset_path("demo").read_text())  # tiny with a 5 s window (max_source_positions 250)
+    assert list(demo) == list(tiny) and demo == {**tiny, "max_source_positions": 250}
+    with pytest.raises(UserError, match="demo, large-v3, tiny"):
         chart.preset_path("huge")
     model = json.loads(the(render({"model": {"preset": "tiny"}}), "ConfigMap")["data"]["model.json"])
     assert model == tiny
