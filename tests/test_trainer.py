@@ -56,7 +56,7 @@ def trainer_command(model_json: Path, data_json: Path, save: Path, *extra: str) 
         "--module", "whisper_trainer", "--mm-model", str(model_json), "--mm-data", str(data_json), "--save", str(save),
         "--micro-batch-size", "1", "--global-batch-size", "4", "--lr", "1e-2", "--min-lr", "1e-3",
         "--lr-warmup-iters", "2", "--lr-decay-style", "cosine", "--train-iters", str(ITERS),
-        "--save-interval", "12", "--log-interval", "1", "--num-workers", "0", "--seed", "7",
+        "--save-interval", "12", "--log-interval", "1", "--num-workers", "1", "--seed", "7",
         "--keep-checkpoints", "3", "--device", "cpu", "--metrics-file", str(save.parent / "metrics.jsonl"),
         *extra,
     ]

@@ -9,6 +9,7 @@ workers prefetched but the trainer never received are not counted; a resumed loa
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 
@@ -52,7 +53,9 @@ class ResumableLoader:
         streams = BatchStreams(self.sources, self.settings, [dict(position) for position in self._positions],
                                rotation=self._next_stream)
         worker_options = (
-            {"persistent_workers": True, "prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
+            {"persistent_workers": True, "prefetch_factor": self.prefetch_factor,
+             "worker_init_fn": _leave_signal_group}
+            if self.num_workers > 0 else {}
         )
         loader = DataLoader(streams, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                             **worker_options)
@@ -127,3 +130,14 @@ class ResumableLoader:
         for position in self._positions:
             total.update(position["skipped"])
         return dict(sorted(total.items()))
+
+
+def _leave_signal_group(_worker_id: int) -> None:
+    """Move a data-loader worker out of the trainer's process group.
+
+    The kubelet's (and torchrun's) SIGTERM reaches the whole process group. A worker that receives it exits at
+    once, and the trainer then fails with "DataLoader worker exited unexpectedly" before it can write its
+    SIGTERM checkpoint. In a group of its own the worker keeps serving batches until the trainer has saved;
+    it still ends with the trainer (torch's workers watch their parent process).
+    """
+    os.setpgrp()
