@@ -69,6 +69,8 @@ def test_large_v3_special_ids_are_whispers(tokenizer):
     assert {t: tokenizer.convert_tokens_to_ids(t) for t in expected} == expected
     assert len(tokenizer) == 51866 == proc.vocab_size("large-v3")
     assert tokenizer.all_special_ids[-1] == 50364  # timestamp decoding relies on this being <|notimestamps|>
+    # OpenAI's published tokenizers pad, start and end with <|endoftext|>
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) == (50257, 50257, 50257)
 
 
 def test_language_order_matches_transformers():

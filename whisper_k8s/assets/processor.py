@@ -188,6 +188,7 @@ def build_tokenizer(variant: str = "large-v3"):
     specials = [AddedToken(t, special=True, normalized=False) for t in special_tokens(variant)]
     tokenizer.add_special_tokens({"extra_special_tokens": specials})
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamp_tokens()])
+    tokenizer.pad_token = "<|endoftext|>"  # as in OpenAI's published tokenizers: batches pad with <|endoftext|>
     tokenizer.set_prefix_tokens()  # refresh the post-processor now that <|startoftranscript|> exists
     _check_ids(tokenizer, variant)
     return tokenizer
