@@ -45,6 +45,10 @@ class DemoSettings:
     warmup: int = 10
     decay_style: str = "cosine"
     seed: int = 1234
+    threads_per_node: int = 1
+    # Tokens decoded per clip: a synthetic sentence is under 20, so 64 leaves a trained model room to ramble
+    # while an untrained one (which never emits <|endoftext|>) stops after 64 instead of 224 tokens per clip.
+    max_new_tokens: int = 64
 
 
 @dataclass
@@ -91,6 +95,9 @@ def _values(out: Path, processor: Path, settings: DemoSettings) -> Path:
             "keepCheckpoints": 2,
         },
         "storage": {"outputs": {"type": "hostPath", "hostPath": str(out / "outputs")}},
+        # Each local pod's torch would otherwise start one thread per core: two ranks on a 2-core laptop then
+        # fight over the cores (measured 2-3x slower iterations than one thread per rank).
+        "extraEnv": [{"name": "OMP_NUM_THREADS", "value": str(settings.threads_per_node)}],
         "terminationGracePeriodSeconds": 30,
     }
     path = out / "demo-values.yaml"
@@ -135,12 +142,13 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     _cli("collect", JOB, "--local", "--to", str(out / "hf"), "--force")
 
     print("\nevaluating the untrained and the trained model on the training sentences (and unseen ones)")
+    limit = {"device": "cpu", "max_new_tokens": settings.max_new_tokens}
     untrained = evaluate_dataset(_untrained_model(settings), dataset, "en", "train", processor_dir=processor,
-                                 out_path=out / "eval-untrained-train.jsonl", device="cpu")
+                                 out_path=out / "eval-untrained-train.jsonl", **limit)
     trained = evaluate_dataset(out / "hf", dataset, "en", "train", out_path=out / "eval-trained-train.jsonl",
-                               device="cpu")
+                               **limit)
     unseen = evaluate_dataset(out / "hf", dataset, "en", "test", out_path=out / "eval-trained-test.jsonl",
-                              device="cpu")
+                              **limit)
     result = DemoResult(untrained_wer=untrained.wer, trained_wer=trained.wer, trained_cer=trained.cer,
                         unseen_wer=unseen.wer, seconds=time.monotonic() - started)
     (out / "demo-summary.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
