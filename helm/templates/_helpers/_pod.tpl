@@ -9,13 +9,31 @@ context `.` unless it says otherwise; "whisper.pod.spec" and "whisper.pod.contai
 Launch wrapper (sh -c, run with the argv as "$@"): sources the CANN environment when the image has it
 (a pod `command` bypasses the image's ENTRYPOINT), exports NODE_RANK from the operator's PET_NODE_RANK so the
 training code sees it (MASTER_ADDR/MASTER_PORT/RANK come from the operator; torchrun reads PET_* itself),
-then execs the launcher.
+then runs the launcher and stays as the container's main process: a SIGTERM (pod deletion, eviction) is passed
+to the launcher's children, the training processes, which checkpoint and exit, and not to torchrun, which
+would SIGKILL them 30 s later whatever the grace period (torch < 2.12). The exit code is then 143, so the
+operator restarts (and the trainer resumes) rather than marking the job done; otherwise it is the launcher's.
 */}}
 {{- define "whisper.launchScript" -}}
 set -e
 if [ -f /usr/local/Ascend/ascend-toolkit/set_env.sh ]; then . /usr/local/Ascend/ascend-toolkit/set_env.sh; fi
 export NODE_RANK="${NODE_RANK:-${PET_NODE_RANK:-0}}"
-exec "$@"
+set +e
+"$@" &
+launcher=$!
+stopped=0
+stop_workers() {
+  stopped=1
+  for proc in /proc/[0-9]*; do
+    if [ "$(sed -n 's/^PPid:[[:space:]]*//p' "$proc/status" 2>/dev/null)" = "$launcher" ]; then kill -TERM "${proc#/proc/}" 2>/dev/null; fi
+  done
+}
+trap stop_workers TERM INT
+wait "$launcher"
+code=$?
+while kill -0 "$launcher" 2>/dev/null; do wait "$launcher"; code=$?; done
+if [ "$stopped" = 1 ]; then exit 143; fi
+exit "$code"
 {{- end }}
 
 {{/* The container command: the launch wrapper, run by sh with the training command line as "$@". */}}
