@@ -269,3 +269,43 @@ def test_the_launcher_waits_as_long_as_the_pod_for_a_sigterm_checkpoint(operator
         assert template["spec"]["terminationGracePeriodSeconds"] == 900
         env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
         assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "900"
+
+
+SLOW_SAVER = """
+import os, pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+def save_and_exit(signum, frame):
+    time.sleep(3)  # a checkpoint write longer than torchrun's shutdown timeout below
+    (out / f"saved-{os.environ['RANK']}").write_text("ok")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, save_and_exit)
+(out / f"ready-{os.environ['RANK']}").write_text("ok")
+time.sleep(120)
+"""
+
+
+def test_sigterm_to_the_pod_reaches_the_trainers_not_torchrun(tmp_path):
+    """The container's main process is the chart's launch wrapper; Kubernetes sends SIGTERM to it alone. The
+    training processes must get it and may take their time to checkpoint: torchrun, were it signalled, would
+    SIGKILL them after its shutdown timeout (30 s before torch 2.12; 1 s here)."""
+    import subprocess
+    import sys
+
+    documents = render({"accelerator": {"type": "cpu"}}, "wrapper")
+    job = next(doc for doc in documents if doc["kind"] == "PyTorchJob")
+    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    (tmp_path / "saver.py").write_text(SLOW_SAVER)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                str(tmp_path / "saver.py"), str(tmp_path)]
+    env = dict(os.environ, TORCH_ELASTIC_SHUTDOWN_TIMEOUT="1", OMP_NUM_THREADS="1")
+    pod = subprocess.Popen(command + torchrun, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    try:
+        wait_until("the workers", lambda: all((tmp_path / f"ready-{r}").exists() for r in (0, 1)), timeout=120)
+        os.kill(pod.pid, signal.SIGTERM)  # the kubelet signals the container's main process only
+        output = pod.communicate(timeout=60)[0].decode(errors="replace")
+    finally:
+        if pod.poll() is None:
+            os.killpg(pod.pid, signal.SIGKILL)
+    assert pod.returncode == 143, output[-2000:]  # stopped, not done: the operator restarts, the trainer resumes
+    assert [(tmp_path / f"saved-{r}").read_text() for r in (0, 1)] == ["ok", "ok"], output[-2000:]
