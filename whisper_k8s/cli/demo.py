@@ -9,7 +9,7 @@ HELP = "run the end-to-end demo: synthetic Common Voice -> local 2-node training
 ORDER = 90
 EXAMPLES = """
   python -m whisper_k8s demo                      # outputs under runs/demo/
-  python -m whisper_k8s demo --iterations 300     # train longer
+  python -m whisper_k8s demo --iterations 600     # train longer
 """
 
 
