@@ -179,8 +179,8 @@ class LocalScheduler(Scheduler):
         shutil.rmtree(job_path)
 
     def replica_processes(self, name: str, label: str) -> list[int]:
-        """The live processes of one replica (``master-0``): its main process (torchrun), then the
-        processes below it (the training workers). For fault-injection tests and debugging."""
+        """The live processes of one replica (``master-0``): its main process (the chart's launch wrapper),
+        then the processes below it (torchrun, the training workers). For fault-injection tests and debugging."""
         replica = self._require(name)["replicas"].get(label) or {}
         record = replica.get("process")
         if not state.is_ours_and_alive(record):
