@@ -16,6 +16,8 @@ EXAMPLES = """
   python -m whisper_k8s submit --name whisper-hi --nodes 2 --npus-per-node 8 --language hi \\
       --image registry.example.com/whisper-k8s:0.1.0 --dataset common-voice-pvc
   python -m whisper_k8s submit --name demo --local --nodes 2 --accelerator cpu -f examples/tiny.yaml --follow
+  python -m whisper_k8s submit --name demo --backend docker --nodes 2 --accelerator cpu \\
+      --image localhost:5000/whisper-k8s:0.1.0-cpu --dataset /srv/common_voice_11_0 --follow
   python -m whisper_k8s submit --name whisper-hi -f runs/whisper-hi/values.yaml --set training.trainIters=600
   python -m whisper_k8s submit --name whisper-hi --nodes 16 --dry-run | kubectl apply --dry-run=server -f -
   python -m whisper_k8s submit --name whisper-v2 --nodes 2 --operator trainjob   # Kubeflow Trainer v2
