@@ -274,7 +274,11 @@ seccompProfile:
 {{- define "whisper.resources" -}}
 {{- $ctx := index . 0 }}{{ $withAccelerators := index . 1 }}
 {{- $r := $ctx.Values.resources }}
-{{- $res := dict "cpu" (toString $r.cpuPerNode) "memory" (toString $r.memoryPerNode) }}
+{{- $cpu := $r.cpuPerNode }}
+{{- if kindIs "invalid" $cpu }}
+{{- $cpu = mul (int64 (include "whisper.perNode" $ctx)) (add1 (int64 $ctx.Values.training.numWorkers)) }}
+{{- end }}
+{{- $res := dict "cpu" (toString $cpu) "memory" (toString $r.memoryPerNode) }}
 {{- $accel := include "whisper.resourceName" $ctx }}
 {{- if and $withAccelerators $accel }}
 {{- $_ := set $res $accel (include "whisper.perNode" $ctx) }}
