@@ -12,6 +12,9 @@ uninterrupted run is the reference; each faulty run must end with a model bitwis
 - ``stopped`` + ``resumed``: SIGTERM (what a pod deletion sends) makes the trainer checkpoint and exit within
   the chart's terminationGracePeriodSeconds; the newest checkpoint file is then corrupted, and a new job on
   the same outputs falls back to the previous valid checkpoint, says so, and finishes.
+
+Without a training run: the chart's launch wrapper passes a pod's SIGTERM to the training processes (not to
+torchrun, which would cut a long checkpoint short), and the launcher is told the pod's grace period.
 """
 
 from __future__ import annotations
@@ -88,11 +91,20 @@ def attempt_log(scheduler, name: str, label: str, attempt: int) -> str:
 
 
 def trainer_pid(scheduler, name: str, label: str) -> int:
-    """The training process (torchrun's worker) of one replica, as `kubectl exec ... kill` would find it."""
-    launcher, *below = scheduler.replica_processes(name, label)
-    workers = [pid for pid in below if b"whisper_trainer" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert len(workers) == 1, (launcher, below)
+    """The training process of one replica (below the launch wrapper and torchrun), as `kubectl exec ... kill`
+    would find it."""
+    processes = scheduler.replica_processes(name, label)
+    parents = {pid: parent_of(pid) for pid in processes}
+    training = [pid for pid in processes if b"whisper_trainer" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    # The wrapper's and torchrun's command lines name the module too: the worker is the one with no child.
+    workers = [pid for pid in training if pid not in parents.values()]
+    assert len(workers) == 1, (processes, training)
     return workers[0]
+
+
+def parent_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
 
 
 def finished(scheduler, name: str):
