@@ -1,4 +1,4 @@
-"""Write a whole folder so that readers see either nothing or the finished folder, never a half-written one.
+"""Atomic writes: readers see the old state or the finished file or folder, never a half-written one.
 
 Dataset trees, processor folders and converted models are read by other processes (init containers, the
 trainer, a second test worker). Building them in a temporary sibling and renaming it into place at the end
@@ -69,3 +69,17 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     os.replace(target, retired / target.name)
     os.replace(staging, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temp file beside ``path`` and rename it over ``path`` (no partial file on failure)."""
+    path = Path(path)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from whisper_k8s.atomic_dir import atomic_directory, refuse_to_clobber
+from whisper_k8s.atomic import atomic_directory, refuse_to_clobber
 from whisper_k8s.backends.base import JobState, Scheduler
 from whisper_k8s.errors import UserError
 from whisper_k8s.formats import megatron

@@ -14,12 +14,11 @@ without a leading zero are integers, everything else (floats included) is a stri
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from whisper_k8s import atomic
 from whisper_k8s.errors import UserError
 
 
@@ -273,12 +272,5 @@ def write_values(values: Mapping[str, Any], path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "# chart values written by `python -m whisper_k8s submit`; re-submit with -f this file\n"
     text += yaml.safe_dump(dict(values), sort_keys=False, default_flow_style=False)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, text)
     return path

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from whisper_k8s.atomic_dir import atomic_directory
+from whisper_k8s.atomic import atomic_directory
 from whisper_k8s.errors import UserError
 
 # Whisper's language codes in token order (the order of openai-whisper's LANGUAGES table; large-v3 adds yue).

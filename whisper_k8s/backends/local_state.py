@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from whisper_k8s import atomic
 from whisper_k8s.errors import UserError
 
 STATE_ENV = "WHISPER_K8S_STATE"
@@ -65,15 +65,7 @@ def parse_time(text: str | None) -> datetime | None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` to a temp file beside ``path`` and rename it over ``path`` (readers see old or new)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

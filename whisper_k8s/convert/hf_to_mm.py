@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from whisper_k8s.atomic_dir import atomic_directory
+from whisper_k8s.atomic import atomic_directory
 from whisper_k8s.convert import marker
 from whisper_k8s.convert.hf_config import resolve_config
 from whisper_k8s.convert.mapping import Plan, as_mapping, plan_hf_to_mm

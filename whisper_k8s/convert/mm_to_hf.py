@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from whisper_k8s.atomic_dir import atomic_directory
+from whisper_k8s.atomic import atomic_directory
 from whisper_k8s.convert import marker, safetensors_io
 from whisper_k8s.convert.hf_config import resolve_config, write_hf_configs
 from whisper_k8s.convert.mapping import as_mapping, head_is_tied, plan_mm_to_hf

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from whisper_k8s.atomic_dir import atomic_directory
+from whisper_k8s.atomic import atomic_directory
 from whisper_k8s.dataset import common_voice_layout as cv
 from whisper_k8s.dataset.sentences import SENTENCE_TEMPLATES, deal_sentences, long_paragraph
 from whisper_k8s.dataset.speech import (
