@@ -188,8 +188,6 @@ def host_path_problems(spec: dict, values: dict) -> list[str]:
 @pytest.mark.parametrize("values", ACCELERATORS, ids=["ascend", "ascend-host-driver", "nvidia-pretrained", "cpu",
                                                       "mindspeed-mm"])
 def test_every_pod_passes_a_restricted_review(values, operator):
-    if operator == "trainjob" and values.get("engine") == "mindspeed-mm":
-        values = {**values, "engine": "native"}
     values = {**values, "operator": operator}
     for spec in all_pods(values):
         assert review(spec, values) == [], values
