@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from whisper_k8s.cli._model_options import add_model_options
+
 NAME = "evaluate"
 HELP = "WER/CER of a checkpoint (HF folder, MindSpeed-MM .pth or Megatron folder) on a Common Voice split"
 ORDER = 61
@@ -15,22 +17,13 @@ EXAMPLES = """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="Hugging Face folder, MindSpeed-MM .pth, or Megatron checkpoint folder")
+    add_model_options(parser, batch_help="clips decoded together (default 8)")
     parser.add_argument("--dataset", required=True, metavar="CV_DIR",
                         help="Common Voice 11 root (audio/, transcript/, n_shards.json)")
     parser.add_argument("--language", required=True, help="Common Voice locale, e.g. hi, en, zh-CN")
     parser.add_argument("--split", default="test", help="train, dev, test, ... (default test)")
-    parser.add_argument("--processor", metavar="DIR", help="Whisper processor folder (default: the model folder)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N usable samples")
     parser.add_argument("--out", metavar="FILE", help="per-sample results as JSON lines")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips decoded together (default 8)")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam width; 1 = greedy (default)")
-    parser.add_argument("--max-new-tokens", type=int, metavar="N",
-                        help="text tokens per 30 s window (default 224, at most 444)")
-    parser.add_argument("--model-config", metavar="JSON",
-                        help="model.json for a .pth/Megatron checkpoint that matches no preset")
-    parser.add_argument("--device", default="auto", choices=("auto", "npu", "cuda", "cpu"))
 
 
 def run(args: argparse.Namespace) -> int:

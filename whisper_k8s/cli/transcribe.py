@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from whisper_k8s.cli._model_options import add_model_options
+
 NAME = "transcribe"
 HELP = "transcribe MP3/WAV/FLAC files with a Whisper checkpoint (HF folder, MindSpeed-MM .pth or Megatron folder)"
 ORDER = 60
@@ -18,19 +20,9 @@ EXAMPLES = """
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", nargs="+", metavar="AUDIO", help="MP3, WAV or FLAC files (any length)")
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="Hugging Face folder, MindSpeed-MM .pth, or Megatron checkpoint folder")
-    parser.add_argument("--processor", metavar="DIR",
-                        help="Whisper processor folder (default: the model folder)")
+    add_model_options(parser, batch_help="30 s windows decoded together (default 8)")
     parser.add_argument("--language", help="language code such as en or hi (default: detected per file)")
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    parser.add_argument("--batch-size", type=int, default=8, help="30 s windows decoded together (default 8)")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam width; 1 = greedy (default)")
-    parser.add_argument("--max-new-tokens", type=int, metavar="N",
-                        help="text tokens per 30 s window (default 224, at most 444)")
-    parser.add_argument("--model-config", metavar="JSON",
-                        help="model.json for a .pth/Megatron checkpoint that matches no preset")
-    parser.add_argument("--device", default="auto", choices=("auto", "npu", "cuda", "cpu"))
     parser.add_argument("--json", action="store_true", help="print one JSON object per file")
 
 
