@@ -1,9 +1,15 @@
-"""Logging set-up for the trainer: rank-tagged lines, rank 0 verbose, other ranks warnings only."""
+"""Logging set-up for the trainer: rank-tagged lines, rank 0 verbose, other ranks warnings only.
+
+Every rank still logs its lifecycle (joined, stopped) through ``LIFECYCLE`` at INFO, so each pod's log shows
+that its processes started and how they ended: what `logs` and `kubectl logs` on a worker pod need.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+
+LIFECYCLE = "whisper_trainer.lifecycle"
 
 
 def setup_logging(rank: int, node_rank: int, level: str = "INFO") -> None:
@@ -14,5 +20,6 @@ def setup_logging(rank: int, node_rank: int, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if rank == 0 else "WARNING")
+    logging.getLogger(LIFECYCLE).setLevel(level)
     for noisy in ("urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel("WARNING")

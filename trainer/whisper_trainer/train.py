@@ -17,6 +17,7 @@ from statistics import fmean
 from whisper_trainer import parallel
 from whisper_trainer.checkpoint import CheckpointManager
 from whisper_trainer.config import TrainerConfig
+from whisper_trainer.log import LIFECYCLE
 from whisper_trainer.metrics import MetricsWriter, Stopwatch, average_samples_per_second, format_line
 from whisper_trainer.model import (
     build_model,
@@ -28,6 +29,7 @@ from whisper_trainer.model import (
 from whisper_trainer.optim import LRSchedule, build_optimizer
 
 log = logging.getLogger(__name__)
+lifecycle = logging.getLogger(LIFECYCLE)
 
 
 class StopRequest:
@@ -91,6 +93,8 @@ class Trainer:
                      env.world_size, env.node_rank, self.global_batch, cfg.training.micro_batch_size,
                      env.world_size, self.accumulation, "bf16 mixed precision" if cfg.training.bf16 else "fp32")
         self.model = parallel.wrap_model(model, env, cfg.parallel.strategy, cfg.training.bf16)
+        lifecycle.info("joined: rank %d of %d (local rank %d on node %d), device %s", env.rank, env.world_size,
+                       env.local_rank, env.node_rank, env.device)
         self.optimizer = build_optimizer(self.model, cfg.training)
         self.scheduler = LRSchedule(self.optimizer, cfg.training)
         self.loader = self.loader_factory(cfg, env)
@@ -193,8 +197,8 @@ class Trainer:
         if self.env.is_main:
             if headline is not None:
                 log.info("Average Samples per Second: %.3f", headline)
-            log.info("training stopped at iteration %d (%s)", self.iteration, reason)
             self.metrics.write({"summary": summary})
+        lifecycle.info("training stopped at iteration %d (%s)", self.iteration, reason)
         self.metrics.close()
         return summary
 
