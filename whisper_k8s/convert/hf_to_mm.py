@@ -17,17 +17,16 @@ import torch
 
 from whisper_k8s.atomic import atomic_directory
 from whisper_k8s.convert import marker
-from whisper_k8s.convert.hf_config import resolve_config
-from whisper_k8s.convert.mapping import Plan, as_mapping, plan_hf_to_mm
+from whisper_k8s.convert.mapping import Plan, plan_hf_to_mm
 from whisper_k8s.convert.outputs import (
     ConversionResult,
     parse_dtype,
     progress_bar,
-    refuse_foreign_output,
 )
 from whisper_k8s.convert.pages import PageReleaser
+from whisper_k8s.convert.preparation import prepare_conversion
 from whisper_k8s.convert.pth_writer import StagingFile, exact_view, save_mapped, staging_path
-from whisper_k8s.convert.sources import TensorSource, open_source
+from whisper_k8s.convert.sources import TensorSource
 from whisper_k8s.errors import UserError
 from whisper_k8s.formats import megatron
 
@@ -54,18 +53,13 @@ def convert_hf_to_mm(
     cast = parse_dtype(dtype)
     if not megatron_layout and dst.suffix not in PTH_SUFFIXES:
         raise UserError(f"{dst}: name the MindSpeed-MM output *.pth (or pass --megatron for a checkpoint folder)")
-    source = open_source(src)
-    inputs = source.files + [p for p in (source.config_path, config) if isinstance(p, (str, Path))]
-    options = {"direction": "hf-to-mm", "dtype": str(cast), "megatron": megatron_layout,
-               "config": None if isinstance(config, (str, Path, type(None))) else as_mapping(config)}
-    fingerprint = marker.fingerprint(inputs, options)
-    if not force and marker.is_current(dst, fingerprint):
+    prepared = prepare_conversion(src, dst, direction="hf-to-mm", key_style="hf", config=config, cast=cast,
+                                  force=force, accepts="Hugging Face Whisper checkpoints",
+                                  extra_options={"megatron": megatron_layout})
+    if prepared is None:
         return ConversionResult(dst, skipped=True)
-    refuse_foreign_output(dst, force)
-    if source.key_style != "hf":
-        raise UserError(f"{src} does not have Hugging Face key names (key style: {source.key_style}): "
-                        "hf-to-mm converts Hugging Face Whisper checkpoints")
-    model_config, origin = resolve_config(config, source)
+    source, fingerprint, model_config, origin = (prepared.source, prepared.fingerprint, prepared.model_config,
+                                                 prepared.config_origin)
     plan = plan_hf_to_mm(source.shapes(), model_config, str(src))
     details = {"source": str(src), "config": origin, "format": "megatron" if megatron_layout else "pth"}
 

@@ -14,17 +14,17 @@ from pathlib import Path
 
 from whisper_k8s.atomic import atomic_directory
 from whisper_k8s.convert import marker, safetensors_io
-from whisper_k8s.convert.hf_config import resolve_config, write_hf_configs
-from whisper_k8s.convert.mapping import as_mapping, head_is_tied, plan_mm_to_hf
+from whisper_k8s.convert.hf_config import write_hf_configs
+from whisper_k8s.convert.mapping import head_is_tied, plan_mm_to_hf
 from whisper_k8s.convert.outputs import (
     ConversionResult,
     dtype_name,
     parse_dtype,
     progress_bar,
-    refuse_foreign_output,
 )
 from whisper_k8s.convert.pages import PageReleaser
-from whisper_k8s.convert.sources import TensorSource, open_source
+from whisper_k8s.convert.preparation import prepare_conversion
+from whisper_k8s.convert.sources import TensorSource
 from whisper_k8s.errors import UserError
 from whisper_k8s.formats.mindspeed import LM_HEAD, TIED_EMBEDDING
 
@@ -55,18 +55,13 @@ def convert_mm_to_hf(
     src, dst = Path(src), Path(dst)
     cast = parse_dtype(dtype)
     processor_files = _processor_files(Path(processor)) if processor else []
-    source = open_source(src)
-    inputs = source.files + processor_files + [p for p in (source.config_path, config) if isinstance(p, (str, Path))]
-    options = {"direction": "mm-to-hf", "dtype": str(cast),
-               "config": None if isinstance(config, (str, Path, type(None))) else as_mapping(config)}
-    fingerprint = marker.fingerprint(inputs, options)
-    if not force and marker.is_current(dst, fingerprint):
+    prepared = prepare_conversion(src, dst, direction="mm-to-hf", key_style="mm", config=config, cast=cast,
+                                  force=force, extra_inputs=processor_files,
+                                  accepts="MindSpeed-MM .pth files and Megatron checkpoints")
+    if prepared is None:
         return ConversionResult(dst, skipped=True)
-    refuse_foreign_output(dst, force)
-    if source.key_style != "mm":
-        raise UserError(f"{src} does not have MindSpeed-MM key names (key style: {source.key_style}): "
-                        "mm-to-hf converts MindSpeed-MM .pth files and Megatron checkpoints")
-    model_config, origin = resolve_config(config, source)
+    source, fingerprint, model_config, origin = (prepared.source, prepared.fingerprint, prepared.model_config,
+                                                 prepared.config_origin)
     plan = plan_mm_to_hf(source.shapes(), model_config, str(src))
     tied = head_is_tied({k: source.tensors[k] for k in (LM_HEAD, TIED_EMBEDDING)})
     source.release()
