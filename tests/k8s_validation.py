@@ -25,6 +25,11 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+CRD_DIR = Path(__file__).resolve().parent / "fixtures" / "reference" / "crds"
+# The operators' real CRDs, by the kind they define (document_errors takes this table).
+CRDS = {"PyTorchJob": CRD_DIR / "kubeflow.org_pytorchjobs.v1.9.0.yaml",
+        "TrainJob": CRD_DIR / "trainer.kubeflow.org_trainjobs.v2.3.0.yaml",
+        "TrainingRuntime": CRD_DIR / "trainer.kubeflow.org_trainingruntimes.v2.3.0.yaml"}
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 

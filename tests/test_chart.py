@@ -14,17 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_validation import core_errors, document_errors, pod_templates
+from k8s_validation import CRDS, core_errors, document_errors, pod_templates
 
 from whisper_k8s import chart
 from whisper_k8s.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm"
-CRD_DIR = ROOT / "tests/fixtures/reference/crds"
-CRDS = {"PyTorchJob": CRD_DIR / "kubeflow.org_pytorchjobs.v1.9.0.yaml",
-        "TrainJob": CRD_DIR / "trainer.kubeflow.org_trainjobs.v2.3.0.yaml",
-        "TrainingRuntime": CRD_DIR / "trainer.kubeflow.org_trainingruntimes.v2.3.0.yaml"}
 # Set by Trainer v2's torch plugin; a TrainJob that sets them is rejected.
 RESERVED_V2_ENV = {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
 

@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from k8s_validation import document_errors
+from k8s_validation import CRDS, document_errors
 
 from whisper_k8s import manifests_gen
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-CRD_DIR = ROOT / "tests/fixtures/reference/crds"
-CRDS = {"PyTorchJob": CRD_DIR / "kubeflow.org_pytorchjobs.v1.9.0.yaml",
-        "TrainJob": CRD_DIR / "trainer.kubeflow.org_trainjobs.v2.3.0.yaml",
-        "TrainingRuntime": CRD_DIR / "trainer.kubeflow.org_trainingruntimes.v2.3.0.yaml"}
 
 
 def test_committed_manifests_equal_a_fresh_render():
