@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import gc
 import json
 import os
 import platform
@@ -129,8 +131,9 @@ def time_interleaved(steps_by_name: dict, device, warmup: int, steps: int) -> di
     return times
 
 
-def our_step(model_json: Path, data_json: Path, batch, args, device_kind: str, workdir: Path):
-    """Our trainer, set up as a run sets it up; returns (one training step, device, the trainer)."""
+def our_step(model_json: Path, data_json: Path, batch, args, device_kind: str, workdir: Path,
+             extra_flags: list[str] = ()):
+    """Our trainer, set up as a run sets it up (plus ``extra_flags``); returns (step, device, the trainer)."""
     from whisper_trainer import parallel
     from whisper_trainer.config import parse_args
     from whisper_trainer.train import Trainer
@@ -138,7 +141,7 @@ def our_step(model_json: Path, data_json: Path, batch, args, device_kind: str, w
     argv = ["--mm-model", str(model_json), "--mm-data", str(data_json), "--save", str(workdir / "ckpt"),
             "--micro-batch-size", str(args.micro_batch), "--lr", "1e-5", "--clip-grad", "1.0",
             "--train-iters", "1000", "--device", device_kind, "--metrics-file", str(workdir / "m.jsonl")]
-    cfg = parse_args(argv + (["--bf16"] if args.bf16 else []), check_files=False)
+    cfg = parse_args(argv + (["--bf16"] if args.bf16 else []) + list(extra_flags), check_files=False)
     env = parallel.init_distributed(device_kind)
     trainer = Trainer(cfg, env, loader_factory=lambda c, e: SameBatch(batch))
     trainer.setup()
@@ -170,6 +173,88 @@ def baseline_step(model_fields: dict, batch, args, device):
         return loss.item()
 
     return step
+
+
+def loop_facts(device) -> dict:
+    """What the loop just timed used: peak device memory, and the graphs torch.compile captured (recompiles show
+    as more graphs than layer kinds). Resets both for the next loop."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    facts = {"compiled_graphs": int(counters["stats"].get("unique_graphs", 0))}
+    counters.clear()
+    if device.type != "cpu":
+        accel = getattr(torch, device.type)
+        facts["peak_memory_gib"] = round(accel.max_memory_allocated(device) / 2**30, 2)
+        accel.reset_peak_memory_stats(device)
+    return facts
+
+
+def release(device) -> None:
+    """Free a finished loop's model, optimizer state and compiled code before the next one is built."""
+    gc.collect()
+    if device.type != "cpu":
+        import torch
+
+        getattr(torch, device.type).empty_cache()
+
+
+def matmul_peak(device, size: int = 8192, repeats: int = 10) -> float | None:
+    """bf16 matmul FLOP/s this card reaches on random data: the practical ceiling beside the datasheet's."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    return 2 * size ** 3 * repeats / (start.elapsed_time(end) / 1000)
+
+
+def attention_step(q, k, v, causal: bool) -> None:
+    import torch
+
+    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal).sum().backward()
+
+
+def attention_timings(cfg: dict, micro_batch: int, target_tokens: int, device) -> dict | None:
+    """Forward+backward ms of the encoder's self attention (the largest) with each SDPA backend on CUDA.
+
+    Tells which ``--attention-backend`` suits this card; a backend that cannot run the shape is recorded with
+    its error instead of a time.
+    """
+    if device.type != "cuda":
+        return None
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    heads = cfg["encoder_attention_heads"]
+    head_dim = cfg["d_model"] // heads
+    positions = cfg["max_source_positions"]
+    shapes = {"encoder_self": (positions, positions, False),
+              "decoder_self": (target_tokens, target_tokens, True)}
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    out: dict = {}
+    for shape_name, (q_len, k_len, causal) in shapes.items():
+        q = torch.randn(micro_batch, heads, q_len, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(micro_batch, heads, k_len, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn_like(k, requires_grad=True)
+        for name, backend in backends.items():
+            try:
+                with sdpa_kernel([backend]):
+                    run = functools.partial(attention_step, q, k, v, causal)
+                    times = time_steps(run, device, warmup=3, steps=10)
+                out.setdefault(shape_name, {})[name] = round(1000 * sum(times) / len(times), 3)
+            except RuntimeError as err:
+                out.setdefault(shape_name, {})[name] = f"not available: {str(err).splitlines()[0][:160]}"
+    return out
 
 
 def machine(device) -> dict:
@@ -204,6 +289,14 @@ def summarise(times: list[float], micro_batch: int, flops_per_sample: float, pea
             "mfu": round(achieved / peak, 4) if peak else None}
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """'NAME:--flag value ...' -> (NAME, ['--flag', 'value', ...])."""
+    name, sep, flags = text.partition(":")
+    if not sep or not name.strip() or not name.strip().replace("-", "").replace("_", "").isalnum():
+        raise SystemExit(f"--variant {text!r}: write NAME:FLAGS, e.g. 'eager:--compile off'")
+    return name.strip(), flags.split()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default=None, help="model preset (default: large-v3 on GPU/NPU, tiny on CPU)")
@@ -214,9 +307,11 @@ def main() -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
     parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 (default on CPU)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:FLAGS",
+                        help="also time our trainer with extra flags, e.g. 'eager:--compile off' (repeatable); "
+                             "reported under variants, beside the default configuration's 'ours'")
     args = parser.parse_args()
 
-    import torch
     from whisper_trainer.parallel import pick_device_type
 
     kind = pick_device_type(args.device)
@@ -236,26 +331,43 @@ def main() -> int:
         (workdir / "data.json").write_text(json.dumps({"dataset_param": {
             "basic_parameters": {"dataset_name_or_path": str(workdir), "language": "en"},
             "preprocess_parameters": {"processor_name_or_path": str(workdir)}}}))
+        variants = dict(parse_variant(text) for text in args.variant)
         ours_step, device, trainer = our_step(workdir / "model.json", workdir / "data.json", batch, args, kind,
                                               workdir)
-        if device.type == "cpu":  # both fit: interleave
+        attention = attention_timings(model_fields, args.micro_batch, args.target_tokens, device)
+        variant_times: dict[str, list[float]] = {}
+        facts: dict[str, dict] = {}
+        if device.type == "cpu" and not variants:  # both fit: interleave
             times = time_interleaved({"ours": ours_step, "baseline": baseline_step(model_fields, batch, args,
                                                                                    device)},
                                      device, args.warmup, args.steps)
             our_times, base_times = times["ours"], times["baseline"]
         else:  # large-v3 twice may not fit one card: one after the other, memory freed between
             our_times = time_steps(ours_step, device, args.warmup, args.steps)
+            facts["ours"] = loop_facts(device)
             del ours_step, trainer
-            getattr(torch, device.type).empty_cache()
+            release(device)
+            for name, flags in variants.items():
+                step, _, trainer = our_step(workdir / "model.json", workdir / "data.json", batch, args, kind,
+                                            workdir / name, flags)
+                variant_times[name] = time_steps(step, device, args.warmup, args.steps)
+                facts[name] = loop_facts(device)
+                del step, trainer
+                release(device)
             base_times = time_steps(baseline_step(model_fields, batch, args, device), device, args.warmup,
                                     args.steps)
+            facts["baseline"] = loop_facts(device)
 
     info = machine(device)
     flops = 3 * forward_flops_per_sample(model_fields, args.target_tokens)
     peak = peak_flops(info)
-    ours_summary = summarise(our_times, args.micro_batch, flops, peak)
-    base_summary = summarise(base_times, args.micro_batch, flops, peak)
+    measured_peak = matmul_peak(device)
+    ours_summary = {**summarise(our_times, args.micro_batch, flops, peak), **facts.get("ours", {})}
+    base_summary = {**summarise(base_times, args.micro_batch, flops, peak), **facts.get("baseline", {})}
     ratio = round(ours_summary["samples_per_second"] / base_summary["samples_per_second"], 3)
+    variant_summaries = {name: {"flags": variants[name], **summarise(times, args.micro_batch, flops, peak),
+                                **facts[name]}
+                         for name, times in variant_times.items()}
     result = {
         "name": "train_throughput",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -265,6 +377,11 @@ def main() -> int:
                    "peak_bf16_flops": peak},
         "ours": ours_summary, "baseline": base_summary, "ratio": ratio,
         "mfu": {"ours": ours_summary["mfu"], "baseline": base_summary["mfu"]},
+        "measured_bf16_matmul_flops": measured_peak,
+        "mfu_of_measured_matmul_peak": ({"ours": round(ours_summary["model_tflops_per_second"] * 1e12 / measured_peak, 4),
+                                         "baseline": round(base_summary["model_tflops_per_second"] * 1e12
+                                                           / measured_peak, 4)} if measured_peak else None),
+        "variants": variant_summaries, "attention_backend_ms": attention,
         "machine": info,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

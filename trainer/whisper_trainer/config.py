@@ -16,6 +16,9 @@ from typing import Any
 
 from whisper_k8s.errors import UserError
 
+COMPILE_CHOICES = ("auto", "on", "off")
+ATTENTION_CHOICES = ("auto", "flash", "cudnn", "efficient", "math")
+
 # Every key of MindSpeed-MM's whisper model.json (tests/fixtures/reference/mindspeed-mm/model.json) ...
 MODEL_JSON_KEYS = frozenset({
     "model_id", "ckpt_path", "activation_dropout", "activation_function", "apply_spec_augment", "architectures",
@@ -114,6 +117,8 @@ class ParallelConfig:
     strategy: str = "ddp"  # ddp | fsdp
     device: str = "auto"  # auto | npu | cuda | cpu
     timeout_minutes: int = 30
+    compile: str = "auto"  # auto (CUDA only) | on | off: per-layer torch.compile (whisper_trainer.kernels)
+    attention_backend: str = "auto"  # auto | flash | cudnn | efficient | math: the SDPA kernel
 
 
 @dataclass
@@ -373,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
     a("--split", default="train")
     a("--distributed-timeout-minutes", type=int, default=30)
+    a("--compile", default="auto", choices=list(COMPILE_CHOICES),
+      help="torch.compile each encoder/decoder layer and the loss (auto: on CUDA only)")
+    a("--attention-backend", default="auto", choices=list(ATTENTION_CHOICES),
+      help="restrict scaled_dot_product_attention to one kernel (auto: PyTorch's choice)")
     # Flags of the seed's pretrain_whisper.sh, checked against model.json or mapped onto ours.
     a("--seq-length", type=int, default=None, help="must equal model.json max_target_positions")
     a("--max-position-embeddings", type=int, default=None, help="must equal max_source_positions")
@@ -442,7 +451,8 @@ def parse_args(argv: list[str] | None = None, *, check_files: bool = True) -> Tr
     metrics_file = ns.metrics_file or str(Path(save).absolute().parent / "metrics.jsonl")
     return TrainerConfig(
         model=model, data=data, training=training,
-        parallel=ParallelConfig(strategy=strategy, device=ns.device, timeout_minutes=ns.distributed_timeout_minutes),
+        parallel=ParallelConfig(strategy=strategy, device=ns.device, timeout_minutes=ns.distributed_timeout_minutes,
+                                compile=ns.compile, attention_backend=ns.attention_backend),
         checkpoint=CheckpointConfig(save=save, load=ns.load or save, save_interval=ns.save_interval,
                                     keep=ns.keep_checkpoints, no_load_optim=ns.no_load_optim,
                                     no_load_rng=ns.no_load_rng),

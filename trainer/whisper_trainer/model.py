@@ -15,6 +15,7 @@ import torch
 from whisper_k8s.errors import UserError
 from whisper_k8s.formats.mindspeed import check_mm_state
 from whisper_trainer.config import ModelConfig
+from whisper_trainer.kernels import fp32_cross_entropy
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -106,13 +107,15 @@ def causal_lm_inputs(labels: torch.Tensor, decoder_start_token_id: int, pad_toke
     return inputs.contiguous(), targets.contiguous()
 
 
-def loss_on_batch(model, input_features: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """Mean token cross entropy (ignore index -100), computed in fp32 as MindSpeed-MM does outside the model."""
+def loss_on_batch(model, input_features: torch.Tensor, labels: torch.Tensor, config,
+                  cross_entropy=fp32_cross_entropy) -> torch.Tensor:
+    """Mean token cross entropy (ignore index -100), computed in fp32 as MindSpeed-MM does outside the model.
+
+    ``cross_entropy`` is ``kernels.fp32_cross_entropy`` or its compiled form (``kernels.cross_entropy_for``).
+    """
     decoder_input_ids, targets = causal_lm_inputs(labels, config.decoder_start_token_id, config.pad_token_id)
     logits = model(input_features=input_features, decoder_input_ids=decoder_input_ids, use_cache=False).logits
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    return cross_entropy(logits, targets, IGNORE_INDEX)
 
 
 def count_parameters(model) -> int:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from statistics import fmean
 
-from whisper_trainer import parallel
+from whisper_trainer import kernels, parallel
 from whisper_trainer.checkpoint import CheckpointManager
 from whisper_trainer.config import TrainerConfig
 from whisper_trainer.log import LIFECYCLE
@@ -73,6 +73,7 @@ class Trainer:
         self.consumed_samples = 0
         self.iteration_ms: list[float] = []
         self.stop = StopRequest()
+        self.compile_backend = "inductor"  # tests use "aot_eager": the same capture without code generation
         self.metrics = MetricsWriter(cfg.metrics.metrics_file, cfg.metrics.tensorboard_dir, enabled=env.is_main)
 
     # ------------------------------------------------------------------------------------------------ setup
@@ -92,7 +93,12 @@ class Trainer:
                      "x accumulation %d, %s", count_parameters(model) / 1e6, mode, env.device.type,
                      env.world_size, env.node_rank, self.global_batch, cfg.training.micro_batch_size,
                      env.world_size, self.accumulation, "bf16 mixed precision" if cfg.training.bf16 else "fp32")
+        kernels.select_attention(cfg.parallel.attention_backend, env.device)
         self.model = parallel.wrap_model(model, env, cfg.parallel.strategy, cfg.training.bf16)
+        compiled = kernels.compile_wanted(cfg.parallel.compile, env.device)
+        if compiled:
+            kernels.compile_layers(parallel.transformer_layers(parallel.unwrap(self.model)), self.compile_backend)
+        self.cross_entropy = kernels.cross_entropy_for(compiled, self.compile_backend)
         lifecycle.info("joined: rank %d of %d (local rank %d on node %d), device %s", env.rank, env.world_size,
                        env.local_rank, env.node_rank, env.device)
         self.optimizer = build_optimizer(self.model, cfg.training)
@@ -146,7 +152,7 @@ class Trainer:
             labels = batch["labels"].to(env.device, non_blocking=True)
             with parallel.gradient_sync(self.model, enabled=micro == self.accumulation - 1):
                 with parallel.autocast(env.device, t.bf16, self.cfg.parallel.strategy):
-                    loss = loss_on_batch(self.model, features, labels, self.hf_config)
+                    loss = loss_on_batch(self.model, features, labels, self.hf_config, self.cross_entropy)
                 (loss / self.accumulation).backward()
             loss_sum += loss.detach().float().item()
             samples += int(batch["num_samples"])

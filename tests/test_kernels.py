@@ -1,0 +1,114 @@
+"""Per-layer torch.compile and the attention backend switch (whisper_trainer.kernels), on CPU.
+
+The compiled trainer must train exactly like the eager one: same loss, same weights after a step, same state
+dict keys (checkpoints unchanged), one graph per layer kind however deep the model, and it must work under
+FSDP2, whose per-layer hooks stay outside the compiled code. Code generation itself (Inductor) is PyTorch's;
+these tests capture with the ``aot_eager`` backend, which traces forward and backward the same way without
+compiling kernels, so they run in seconds. The GPU benchmark (bench/train_throughput.py) runs Inductor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch._dynamo.utils import counters
+from whisper_trainer import kernels, parallel
+from whisper_trainer.config import parse_args
+from whisper_trainer.train import Trainer
+
+from whisper_k8s.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+# The tiny preset with 3 layers each side and a small vocabulary: several layers share one graph.
+FIELDS = {**json.loads((ROOT / "helm/files/model-presets/tiny.json").read_text()), "encoder_layers": 3,
+          "decoder_layers": 3, "num_hidden_layers": 3, "max_source_positions": 150}
+CPU = parallel.DistEnv(rank=0, world_size=1, local_rank=0, node_rank=0, device=torch.device("cpu"))
+
+
+class OneBatch:
+    """The same batch forever (the step is under test, not the data)."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(3)
+        labels = torch.randint(220, 50000, (2, 24), generator=g)
+        labels[:, 0] = FIELDS["decoder_start_token_id"]
+        self.batch = {"input_features": torch.randn(2, FIELDS["num_mel_bins"], 300, generator=g), "labels": labels,
+                      "num_samples": 2}
+
+    def __iter__(self):
+        while True:
+            yield self.batch
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def trainer(tmp_path: Path, name: str, *flags: str, env=CPU) -> Trainer:
+    (tmp_path / "model.json").write_text(json.dumps(FIELDS))
+    (tmp_path / "data.json").write_text(json.dumps({"dataset_param": {
+        "basic_parameters": {"dataset_name_or_path": str(tmp_path), "language": "en"},
+        "preprocess_parameters": {"processor_name_or_path": str(tmp_path)}}}))
+    cfg = parse_args(["--mm-model", str(tmp_path / "model.json"), "--mm-data", str(tmp_path / "data.json"),
+                      "--save", str(tmp_path / name / "ckpt"), "--micro-batch-size", "2", "--lr", "1e-3",
+                      "--device", "cpu", "--seed", "5", *flags], check_files=False)
+    run = Trainer(cfg, env, loader_factory=lambda c, e: OneBatch())
+    run.compile_backend = "aot_eager"
+    run.setup()
+    return run
+
+
+def two_steps(run: Trainer) -> list[float]:
+    batches = iter(run.loader)
+    return [run.train_step(batches)["loss"] for _ in range(2)]
+
+
+def test_compiled_layers_train_exactly_like_eager_with_one_graph_per_layer_kind(tmp_path):
+    eager = trainer(tmp_path, "eager", "--compile", "off")
+    eager_losses = two_steps(eager)
+    counters.clear()
+    compiled = trainer(tmp_path, "compiled", "--compile", "on")
+    compiled_losses = two_steps(compiled)
+
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+    assert eager_losses[1] < eager_losses[0]  # the step did train
+    # 3 encoder + 3 decoder layers and the loss: one graph for each kind, however many layers share it.
+    assert counters["stats"]["unique_graphs"] == 3
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())  # checkpoint keys unchanged
+    for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+def test_compile_under_fsdp2_keeps_its_hooks_outside_the_graph(tmp_path):
+    """A one-process gloo group is enough for fully_shard's pre/post-forward hooks to run around the layers."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        sharded = trainer(tmp_path, "fsdp", "--parallel", "fsdp", "--compile", "on")
+        eager = trainer(tmp_path, "fsdp-eager", "--parallel", "fsdp", "--compile", "off")
+        assert two_steps(sharded) == pytest.approx(two_steps(eager), rel=1e-5)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_compile_auto_is_cuda_only_and_bad_choices_name_the_flag():
+    assert kernels.compile_wanted("auto", torch.device("cuda")) is True
+    assert kernels.compile_wanted("auto", torch.device("cpu")) is False
+    assert kernels.compile_wanted("on", torch.device("cpu")) is True
+    assert kernels.compile_wanted("off", torch.device("cuda")) is False
+    with pytest.raises(UserError, match="--compile"):
+        kernels.compile_wanted("yes", torch.device("cpu"))
+
+
+def test_attention_backend_needs_cuda_except_auto(tmp_path):
+    with pytest.raises(UserError, match="--attention-backend flash needs a CUDA device"):
+        kernels.select_attention("flash", torch.device("cpu"))
+    kernels.select_attention("auto", torch.device("cpu"))  # PyTorch's own choice: no switch is touched
+    assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    with pytest.raises(SystemExit):  # argparse refuses an unknown kernel before anything is built
+        trainer(tmp_path, "bad", "--attention-backend", "triton")
