@@ -16,7 +16,9 @@ that sets the floor is the clip's own (zeros give the lowest value).
 
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -53,14 +55,18 @@ def mel_filters(processor_dir: str, n_mels: int) -> np.ndarray:
 
 
 class LogMel:
-    """Callable: 16 kHz float32 waveforms (each within the window) -> FloatTensor[B, n_mels, n_frames]."""
+    """Callable: 16 kHz float32 waveforms (each within the window) -> FloatTensor[B, n_mels, n_frames].
+
+    ``compact`` gives the same features without the constant tail (what ``dataset prepare`` stores);
+    ``assemble`` turns compact features back into the batch, so both paths share one last step.
+    """
 
     def __init__(self, filters: np.ndarray, n_frames: int = N_FRAMES):
         import torch
 
         dense = torch.from_numpy(np.ascontiguousarray(filters.T, dtype=np.float32))  # [n_mels, 201]
         # Each slaney filter covers a few neighbouring bins (~2 % of the matrix is non-zero): a sparse product
-        # does the same sums in a quarter of the time of the dense one.
+        # does the same sums in a fraction of the time of the dense one.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             self.filters = dense.to_sparse_csr()
@@ -69,43 +75,76 @@ class LogMel:
         self.n_frames = n_frames
 
     def __call__(self, waveforms: list[np.ndarray]):
+        compact = self.compact(waveforms)
+        return assemble(compact.frames.split(compact.lengths, dim=1), compact.pad_values, self.n_frames)
+
+    def compact(self, waveforms: list[np.ndarray]) -> CompactFeatures:
+        """Every clip's signal-carrying frames side by side, final values, plus each clip's tail value."""
         import torch
 
-        frames = [signal_frames(waveform.shape[0], self.n_frames) for waveform in waveforms]
-        powers = [self._power(waveform, computed) for waveform, computed in zip(waveforms, frames, strict=True)]
-        # One sparse product and one log over every clip's frames side by side: [201, sum T] -> [n_mels, sum T].
-        log_spec = (self.filters @ torch.cat(powers, dim=1)).clamp_(min=1e-10).log10_()
-        features = torch.empty(len(waveforms), self.n_mels, self.n_frames)
-        for row, clip_log_spec in enumerate(log_spec.split(frames, dim=1)):
-            _finish(clip_log_spec, features[row])
-        return features
+        lengths = [signal_frames(waveform.shape[0], self.n_frames) for waveform in waveforms]
+        # One FFT, one power, one sparse mel product and one log over all clips' frames: [sum T, 400] windowed
+        # frames -> [sum T, 201] power -> [n_mels, sum T] log-mel. Fewer, larger operations than one STFT per clip.
+        windowed = torch.empty(sum(lengths), N_FFT)
+        for waveform, rows in zip(waveforms, windowed.split(lengths), strict=True):
+            frames = torch.from_numpy(centred_signal(waveform, rows.shape[0], self.n_frames)).unfold(0, N_FFT, HOP_LENGTH)
+            torch.mul(frames, self.window, out=rows)
+        parts = torch.view_as_real(torch.fft.rfft(windowed, dim=1))
+        power = parts[..., 0].square().add_(parts[..., 1].square())  # |X|^2 without complex abs (a sqrt)
+        log_spec = (self.filters @ power.T.contiguous()).clamp_(min=1e-10).log10_()
+        peaks = torch.stack([clip.max() for clip in log_spec.split(lengths, dim=1)])
+        # Frames past the signal are all-zero (log10(1e-10)) and take part in the peak too.
+        has_tail = torch.tensor([length < self.n_frames for length in lengths])
+        floors = torch.where(has_tail, peaks.clamp(min=LOG_FLOOR), peaks) - 8.0
+        column_floors = torch.repeat_interleave(floors, torch.tensor(lengths))
+        features = torch.maximum(log_spec, column_floors, out=log_spec).add_(4.0).div_(4.0)
+        pad_values = (floors.clamp(min=LOG_FLOOR) + 4.0) / 4.0
+        return CompactFeatures(features, lengths, pad_values.tolist())
 
-    def _power(self, waveform: np.ndarray, computed: int):
-        """|STFT|^2 [201, computed] of one clip, transformed only as far as its signal reaches."""
-        import torch
 
-        # The zero padding keeps the STFT's right-hand reflection inside zeros, as in the 30 s computation.
-        length = min(self.n_frames * HOP_LENGTH, (computed - 1) * HOP_LENGTH + N_FFT + 1)
-        clip = torch.from_numpy(waveform[:length])
-        signal = torch.nn.functional.pad(clip, (0, length - clip.shape[0]))
-        spectrum = torch.stft(signal, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)[:, :computed]
-        parts = torch.view_as_real(spectrum)
-        return parts[..., 0].square().add_(parts[..., 1].square())  # |X|^2 without complex abs (a sqrt)
+class CompactFeatures(NamedTuple):
+    """A batch's log-mel frames that carry signal, [n_mels, sum of lengths], and the constant of each tail."""
+
+    frames: Any  # FloatTensor [n_mels, sum(lengths)], final (normalised) values
+    lengths: list[int]
+    pad_values: list[float]  # float32 values: every frame past a clip's length equals it in every mel bin
+
+
+def assemble(clip_frames, pad_values: list[float], n_frames: int):
+    """FloatTensor[B, n_mels, n_frames] from each clip's frames [n_mels, T] and its tail value.
+
+    In a dataloader worker the batch is written straight into shared memory: torch would otherwise copy the
+    12 MB batch there when handing it to the training process.
+    """
+    import torch
+    from torch.utils.data import get_worker_info
+
+    n_mels = clip_frames[0].shape[0]
+    shape = (len(clip_frames), n_mels, n_frames)
+    if get_worker_info() is None:
+        features = torch.empty(shape)
+    else:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+        features = torch.empty(0).set_(storage, 0, shape)
+    for row, (frames, pad_value) in enumerate(zip(clip_frames, pad_values, strict=True)):
+        length = frames.shape[1]
+        features[row, :, :length] = frames
+        features[row, :, length:].fill_(pad_value)
+    return features
+
+
+def centred_signal(waveform: np.ndarray, frames: int, n_frames: int = N_FRAMES) -> np.ndarray:
+    """The samples the first ``frames`` STFT frames read: the clip zero-padded to the window, reflect-padded by
+    half an FFT at both ends as torch.stft(center=True) and the extractor's 30 s computation do. Padding only
+    to one window past the last computed frame keeps the right-hand reflection inside zeros, as in the 30 s
+    computation, unless the clip reaches the window's end (then the signal is the whole window anyway)."""
+    length = min(n_frames * HOP_LENGTH, (frames - 1) * HOP_LENGTH + N_FFT + 1)
+    signal = np.zeros(length, dtype=np.float32)
+    used = min(waveform.shape[0], length)
+    signal[:used] = waveform[:used]
+    return np.pad(signal, N_FFT // 2, mode="reflect")[: (frames - 1) * HOP_LENGTH + N_FFT]
 
 
 def signal_frames(num_samples: int, n_frames: int = N_FRAMES) -> int:
     """Frames whose window reaches into a clip of ``num_samples`` samples; later ones see only zero padding."""
     return min(n_frames, -(-(num_samples + N_FFT // 2) // HOP_LENGTH))
-
-
-def _finish(log_spec, out) -> None:
-    """Floor at (peak - 8), scale, and fill the frames past the signal with the value zeros give."""
-    import torch
-
-    computed = log_spec.shape[1]
-    peak = log_spec.max()
-    if computed < out.shape[1]:
-        peak = peak.clamp(min=LOG_FLOOR)  # the all-zero frames (log10(1e-10)) take part in the peak too
-    floor = peak - 8.0
-    out[:, :computed] = torch.maximum(log_spec, floor).add_(4.0).div_(4.0)
-    out[:, computed:].fill_((floor.clamp(min=LOG_FLOOR) + 4.0) / 4.0)
