@@ -175,6 +175,11 @@ def baseline_step(model_fields: dict, batch, args, device):
     return step
 
 
+def progress(message: str) -> None:
+    """One line on stderr per finished loop, so a slow or interrupted run shows where it got to."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def loop_facts(device) -> dict:
     """What the loop just timed used: peak device memory, and the graphs torch.compile captured (recompiles show
     as more graphs than layer kinds). Resets both for the next loop."""
@@ -334,7 +339,10 @@ def main() -> int:
         variants = dict(parse_variant(text) for text in args.variant)
         ours_step, device, trainer = our_step(workdir / "model.json", workdir / "data.json", batch, args, kind,
                                               workdir)
+        progress(f"ours set up on {device}")
         attention = attention_timings(model_fields, args.micro_batch, args.target_tokens, device)
+        if attention:
+            progress(f"attention backends (fwd+bwd ms): {attention}")
         variant_times: dict[str, list[float]] = {}
         facts: dict[str, dict] = {}
         if device.type == "cpu" and not variants:  # both fit: interleave
@@ -345,6 +353,7 @@ def main() -> int:
         else:  # large-v3 twice may not fit one card: one after the other, memory freed between
             our_times = time_steps(ours_step, device, args.warmup, args.steps)
             facts["ours"] = loop_facts(device)
+            progress(f"ours: {facts['ours']}, mean step {1000 * sum(our_times) / len(our_times):.1f} ms")
             del ours_step, trainer
             release(device)
             for name, flags in variants.items():
@@ -352,11 +361,14 @@ def main() -> int:
                                             workdir / name, flags)
                 variant_times[name] = time_steps(step, device, args.warmup, args.steps)
                 facts[name] = loop_facts(device)
+                progress(f"{name}: {facts[name]}, mean step "
+                         f"{1000 * sum(variant_times[name]) / len(variant_times[name]):.1f} ms")
                 del step, trainer
                 release(device)
             base_times = time_steps(baseline_step(model_fields, batch, args, device), device, args.warmup,
                                     args.steps)
             facts["baseline"] = loop_facts(device)
+            progress(f"baseline: {facts['baseline']}, mean step {1000 * sum(base_times) / len(base_times):.1f} ms")
 
     info = machine(device)
     flops = 3 * forward_flops_per_sample(model_fields, args.target_tokens)
