@@ -2,7 +2,8 @@
 
 Modules: ``catalog`` (CV layout, transcript rows, tar member index), ``audio`` (MP3 -> 16 kHz, as librosa),
 ``features`` (batched log-mel equal to WhisperFeatureExtractor), ``labels`` (Whisper decoder targets),
-``stream`` (who reads what in which order; worker batches), ``loader`` (DataLoader wrapper with a saveable
+``stream`` (who reads what in which order; worker batches), ``prepared`` (features stored once by
+``dataset prepare``, read instead of decoding), ``loader`` (DataLoader wrapper with a saveable
 position). ``build_dataloader`` wires them for one rank.
 """
 
@@ -16,6 +17,12 @@ from whisper_trainer.data.catalog import build_catalog
 from whisper_trainer.data.features import N_FRAMES, mel_filters
 from whisper_trainer.data.labels import LabelEncoder
 from whisper_trainer.data.loader import ResumableLoader
+from whisper_trainer.data.prepared import (
+    PreparedSources,
+    is_prepared_root,
+    load_prepared_catalog,
+    processor_identity,
+)
 from whisper_trainer.data.stream import StreamSettings, StreamSources
 
 __all__ = ["ResumableLoader", "build_dataloader"]
@@ -29,7 +36,9 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
                      return_paths: bool = False, n_frames: int = N_FRAMES) -> ResumableLoader:
     """The data loader of rank ``rank`` of ``world_size``.
 
-    ``languages`` are Common Voice locales (a comma-separated string is accepted too). ``num_workers`` 0 reads
+    ``dataset_root`` is a Common Voice 11 root (decoded on the fly) or a folder written by ``dataset prepare``
+    (recognised by its manifest; stored features, checked against ``n_mels``, ``n_frames``, the processor and
+    ``task``): both give the same batches. ``languages`` are Common Voice locales (a comma-separated string is accepted too). ``num_workers`` 0 reads
     in the calling process. ``prefetch_factor`` batches wait per worker in shared memory (/dev/shm: ~12 MB each
     at batch 8 x 128 mels, so pods need a memory-backed /dev/shm larger than Kubernetes' 64 MB default).
     ``return_paths`` adds each batch's TSV paths under ``paths`` (tests, debugging). ``n_frames`` is the
@@ -44,7 +53,13 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
     for language in languages:
         encoder.language_id(language)  # refuse an unknown locale before any worker starts
     filters = mel_filters(str(processor_dir), n_mels)
-    catalog = build_catalog(dataset_root, languages, split)
+    if is_prepared_root(dataset_root):
+        catalog = load_prepared_catalog(dataset_root, languages, split, n_mels=n_mels, n_frames=n_frames,
+                                        processor=processor_identity(encoder, filters), task=task)
+        sources = PreparedSources(catalog)
+    else:
+        catalog = build_catalog(dataset_root, languages, split)
+        sources = StreamSources(catalog, encoder, filters)
     settings = StreamSettings(
         micro_batch_size=micro_batch_size,
         max_label_tokens=max_label_tokens, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
@@ -56,7 +71,6 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
         "with %d worker(s)", len(catalog), ",".join(languages), split, len(catalog.shards),
         len(catalog) - catalog.usable_count(), rank, world_size, len(catalog) // world_size, num_workers,
     )
-    sources = StreamSources(catalog, encoder, filters)
     return ResumableLoader(sources, settings, num_workers=num_workers, prefetch_factor=prefetch_factor,
                            pin_memory=pin_memory)
 

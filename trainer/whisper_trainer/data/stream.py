@@ -48,15 +48,6 @@ def consumer_share(num_samples: int, seed: int, epoch: int, shuffle: bool, consu
 
 
 @dataclass(frozen=True)
-class StreamSources:
-    """What every stream reads with, built once per rank and inherited by the forked dataloader workers."""
-
-    catalog: Catalog
-    encoder: LabelEncoder
-    filters: np.ndarray  # mel filter bank (201, n_mels)
-
-
-@dataclass(frozen=True)
 class StreamSettings:
     """The plain settings of a rank's streams."""
 
@@ -83,34 +74,56 @@ def start_position() -> dict:
     return {"epoch": 0, "cursor": 0, "skipped": {}}
 
 
-class SampleReader:
-    """Reads, decodes and labels single samples for one worker; bad ones are logged, counted and skipped."""
+@dataclass(frozen=True)
+class StreamSources:
+    """What every stream reads with, built once per rank and inherited by the forked dataloader workers.
 
-    def __init__(self, sources: StreamSources, settings: StreamSettings, skipped: Counter):
-        self.catalog = catalog = sources.catalog
+    This one decodes Common Voice audio; ``whisper_trainer.data.prepared.PreparedSources`` reads features that
+    ``dataset prepare`` stored. Both give a ``catalog`` (one row per sample, in the same order), a ``reader``
+    of single samples and a ``featurizer`` that turns a batch of them into input features.
+    """
+
+    catalog: Catalog
+    encoder: LabelEncoder
+    filters: np.ndarray  # mel filter bank (201, n_mels)
+
+    def reader(self, settings: StreamSettings, skipped: Counter) -> SampleReader:
+        return AudioSampleReader(self, settings, skipped)
+
+    def featurizer(self, settings: StreamSettings):
+        return LogMel(self.filters, settings.n_frames)
+
+
+class SampleReader:
+    """Reads single samples of one worker: rows the catalogue marks bad are logged, counted and skipped here,
+    the rest is loaded by the subclass (``_load``), which may skip too."""
+
+    def __init__(self, catalog, settings: StreamSettings, skipped: Counter):
+        self.catalog = catalog
         self.settings = settings
         self.skipped = skipped
-        self.encoder = sources.encoder
-        self.language_ids = [self.encoder.language_id(language) for language in catalog.languages]
         self._descriptors: dict[int, int] = {}
+        self.last_skip: str | None = None  # reason of the latest skip (dataset prepare records it per row)
 
     def read(self, index: int):
-        """(waveform, label ids) of catalogue sample ``index``, or None when it is skipped."""
-        catalog = self.catalog
-        if catalog.problems[index] is not None:
-            return self._skip(index, catalog.problems[index], PROBLEM_DETAILS[catalog.problems[index]])
-        labels = self.encoder.encode(catalog.texts[index], self.language_ids[catalog.language_index[index]])
-        if len(labels) > self.settings.max_label_tokens:
-            return self._skip(
-                index, TOO_MANY_TOKENS, f"{len(labels)} label tokens, over the cap of {self.settings.max_label_tokens}"
-            )
-        location = catalog.locations[index]
-        data = os.pread(self._descriptor(location.shard), location.size, location.offset)
-        try:
-            waveform = decode_16k(data, self.settings.max_seconds)
-        except BadAudio as bad:
-            return self._skip(index, bad.reason, str(bad))
-        return waveform, labels
+        """(feature input, label ids) of catalogue sample ``index``, or None when it is skipped."""
+        problem = self.catalog.problems[index]
+        if problem is not None:
+            return self._skip(index, problem, PROBLEM_DETAILS.get(problem, "found bad when the dataset was prepared"))
+        return self._load(index)
+
+    def _load(self, index: int):
+        raise NotImplementedError
+
+    def _too_many_tokens(self, index: int, count: int) -> bool:
+        if count <= self.settings.max_label_tokens:
+            return False
+        self._skip(index, TOO_MANY_TOKENS, f"{count} label tokens, over the cap of {self.settings.max_label_tokens}")
+        return True
+
+    def _pread(self, index: int) -> bytes:
+        location = self.catalog.locations[index]
+        return os.pread(self._descriptor(location.shard), location.size, location.offset)
 
     def _descriptor(self, shard: int) -> int:
         # Opened lazily in the worker process itself: descriptors are not shared across fork/spawn.
@@ -120,6 +133,7 @@ class SampleReader:
 
     def _skip(self, index: int, reason: str, detail: str) -> None:
         self.skipped[reason] += 1
+        self.last_skip = reason
         LOG.warning("skipping %s: %s (%s)", self.catalog.describe(index), reason, detail)
         return None
 
@@ -129,13 +143,34 @@ class SampleReader:
         self._descriptors.clear()
 
 
-def collate(waveforms, label_lists, log_mel: LogMel) -> dict:
+class AudioSampleReader(SampleReader):
+    """Common Voice samples: transcript -> label ids, tar member -> 16 kHz waveform."""
+
+    def __init__(self, sources: StreamSources, settings: StreamSettings, skipped: Counter):
+        super().__init__(sources.catalog, settings, skipped)
+        self.encoder = sources.encoder
+        self.language_ids = [self.encoder.language_id(language) for language in self.catalog.languages]
+
+    def _load(self, index: int):
+        catalog = self.catalog
+        labels = self.encoder.encode(catalog.texts[index], self.language_ids[catalog.language_index[index]])
+        if self._too_many_tokens(index, len(labels)):
+            return None
+        try:
+            waveform = decode_16k(self._pread(index), self.settings.max_seconds)
+        except BadAudio as bad:
+            return self._skip(index, bad.reason, str(bad))
+        return waveform, labels
+
+
+def collate(feature_inputs, label_lists, featurize) -> dict:
     """Batch dict: features [B, n_mels, n_frames] and labels padded with -100 (the model shifts them itself)."""
     longest = max(len(labels) for labels in label_lists)
-    labels = torch.full((len(label_lists), longest), IGNORE_INDEX, dtype=torch.long)
+    labels = np.full((len(label_lists), longest), IGNORE_INDEX, dtype=np.int64)
     for row, ids in enumerate(label_lists):
-        labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return {"input_features": log_mel(waveforms), "labels": labels, "num_samples": len(label_lists)}
+        labels[row, : len(ids)] = ids
+    return {"input_features": featurize(feature_inputs), "labels": torch.from_numpy(labels),
+            "num_samples": len(label_lists)}
 
 
 def stream_batches(sources: StreamSources, settings: StreamSettings, stream: int, position: dict):
@@ -147,14 +182,14 @@ def stream_batches(sources: StreamSources, settings: StreamSettings, stream: int
     epoch, cursor = position["epoch"], position["cursor"]
     skipped = Counter(position["skipped"])
     catalog = sources.catalog
-    reader = SampleReader(sources, settings, skipped)
-    log_mel = LogMel(sources.filters, settings.n_frames)
+    reader = sources.reader(settings, skipped)
+    featurize = sources.featurizer(settings)
     share = consumer_share(len(catalog), settings.seed, epoch, settings.shuffle, consumer, settings.consumers)
     # Spinning forever on a stream whose samples are all bad must not happen: a complete epoch without a usable
     # sample, before this stream ever found one, is an error. (A later unlucky epoch of a tiny, partly bad
     # dataset is not: the stream has seen good samples, so reshuffled epochs will bring them again.)
     whole_epoch_seen, usable_seen = cursor == 0, 0
-    waveforms, label_lists, paths = [], [], []
+    inputs, label_lists, paths = [], [], []
     try:
         while True:
             if cursor >= len(share):
@@ -170,16 +205,16 @@ def stream_batches(sources: StreamSources, settings: StreamSettings, stream: int
             if sample is None:
                 continue
             usable_seen += 1
-            waveforms.append(sample[0])
+            inputs.append(sample[0])
             label_lists.append(sample[1])
             paths.append(catalog.paths[index])
-            if len(waveforms) == settings.micro_batch_size:
-                batch = collate(waveforms, label_lists, log_mel)
+            if len(inputs) == settings.micro_batch_size:
+                batch = collate(inputs, label_lists, featurize)
                 if settings.return_paths:
                     batch["paths"] = paths
                 batch["_position"] = {"stream": stream, "epoch": epoch, "cursor": cursor, "skipped": dict(skipped)}
                 yield batch
-                waveforms, label_lists, paths = [], [], []
+                inputs, label_lists, paths = [], [], []
     finally:
         reader.close()
 
