@@ -3,24 +3,32 @@
 Both read the same generated Common Voice 11 shards (real synthetic speech, 48 kHz MP3 in tar) and produce
 the same thing, a collated batch of 8: log-mel features [8, 128, 3000] and padded label ids.
 
-- ours: ``whisper_trainer.data.build_dataloader`` in the calling process (``num_workers=0``): tar member
-  ``pread``, MP3 decode, soxr resample, batched log-mel that skips the all-zero 30 s padding, ``tokenizers``
-  encode, collate.
+- ours (the headline): ``whisper_trainer.data.build_dataloader`` on the Common Voice root in the calling
+  process (``num_workers=0``): tar member ``pread``, MP3 decode, soxr resample, batched log-mel that skips the
+  all-zero 30 s padding, ``tokenizers`` encode, collate. This is what every epoch costs when streaming.
+- prepared: the same loader on a folder written once by ``python -m whisper_k8s dataset prepare`` (stored
+  signal frames + tail value and label ids; one ``pread`` per sample, then the batch is assembled). Reported
+  separately, with the one-time preparation cost per sample beside it.
 - baseline (the recipe of the Hugging Face Whisper fine-tuning blog): tar members streamed with ``tarfile``,
   ``librosa.load(sr=16000)``, ``WhisperFeatureExtractor`` per sample, ``WhisperTokenizer`` from the processor
   folder, then stack/pad into the batch.
-- decode floor: libsndfile MP3 decode alone (no resampling, features or labels); nothing can beat it.
+- decode floor: libsndfile MP3 decode alone. Equal features pin decoding to libsndfile and resampling to soxr
+  HQ (what librosa does), so decode + resample is the floor of any streaming path; the per-stage split of ours
+  (read, decode, resample, log-mel, tokenise, collate) shows how close to it we are.
 
-Every path is measured on the generated clips (~2 s: the headline figures) and again on clips of Common
-Voice's typical length (~5-6 s, three generated clips joined), since decoding grows with length while the
-baseline's 30 s feature cost does not. One thread (``torch.set_num_threads(1)``, OMP/BLAS
-threads 1), one process, timed in CPU seconds of this process (``time.process_time``): samples per CPU-second
-is the per-core rate, and it stays meaningful on a machine shared with other work, where wall time does not. Each path runs ``--repeats``
-times, interleaved, and the best run counts (the machine may be shared). Features of both paths are compared
-sample by sample (max abs diff). From our per-core rate at CV length the script sizes a node of 8 Ascend NPUs: it prints and
-stores the CPU request and dataloader workers per rank that keep them fed, using an ASSUMED NPU consumption of
-1.5 samples/s per NPU for whisper-large-v3 at micro batch 8 (MindSpeed-MM publishes no figure; the trainer
-benchmark may refine it).
+Every path is measured on clips of Common Voice's typical length (~6 s, three generated clips joined; the
+headline figures) and on the generated clips (~2 s), since decoding grows with length while the baseline's
+30 s feature cost does not. One thread (``torch.set_num_threads(1)``, OMP/BLAS threads 1), one process, timed
+in CPU seconds of this process (``time.process_time``): samples per CPU-second is the per-core rate, and it
+stays meaningful on a machine shared with other work, where wall time does not. Each path runs ``--repeats``
+times, interleaved, and the best run counts (the machine may be shared). Features are compared sample by
+sample (max abs diff) with the baseline's.
+
+From the per-core rate at CV length the script sizes a node of 8 Ascend NPUs and a node of 8 H100/H200 GPUs:
+CPU request and dataloader workers per rank that keep them fed. The accelerators' whisper-large-v3 consumption
+(micro batch 8) is the trainer benchmark's measured samples/s when bench/results/train_throughput.json holds a
+CUDA run of large-v3, else an ASSUMPTION: 40 % MFU of the card's dense bf16 peak over the model's training
+FLOPs per sample (3 x forward, counted as bench/train_throughput.py counts them).
 """
 
 from __future__ import annotations
@@ -41,8 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "data_pipeline.json"
 BATCH = 8
 N_MELS = 128
-ASSUMED_NPU_SAMPLES_PER_S = 1.5  # whisper-large-v3, micro batch 8, Ascend 910B: an assumption, see docstring
-NPUS_PER_NODE = 8
+TRAIN_RESULTS = ROOT / "bench" / "results" / "train_throughput.json"
+PRESETS = ROOT / "helm" / "files" / "model-presets"
+ASSUMED_MFU = 0.40  # the trainer's target on GPU (issue 8); used only where no measurement exists
+TARGET_TOKENS = 448
+ACCELERATORS_PER_NODE = 8
 SAFETY = 2.0  # headroom for longer clips, slower disks and the training process's own host work
 
 
@@ -87,31 +98,121 @@ def join_into_cv_length_clips(dataset: Path, out: Path, per_clip: int = 3) -> Pa
     return out
 
 
-def measure(dataset: Path, processor: Path, repeats: int) -> dict:
-    """Best-of-``repeats`` rates of the three paths on one tree, plus the features' max abs difference."""
+def measure(dataset: Path, processor: Path, repeats: int, workdir: Path) -> dict:
+    """Best-of-``repeats`` rates of every path on one tree, the stage split, and the features' differences."""
     from whisper_k8s.dataset.common_voice_layout import read_transcript, transcript_path
 
     texts = {row["path"]: row["sentence"] for row in read_transcript(transcript_path(dataset, "en", "train"))}
     clips = read_members(dataset)
-    rates = {"ours": [], "baseline": [], "decode_floor": []}
-    for _ in range(repeats):  # interleaved, so a burst of load on a shared machine hits all three alike
+    rates = {"ours": [], "prepared": [], "baseline": [], "decode_floor": [], "prepare_once": []}
+    for repeat in range(repeats):  # interleaved, so a burst of load on a shared machine hits all paths alike
+        prepared_root = workdir / f"prepared-{repeat}"
+        rates["prepare_once"].append(run_prepare(dataset, processor, prepared_root))
         ours, our_features = run_ours(dataset, processor, len(clips))
+        prepared, prepared_features = run_ours(prepared_root, processor, len(clips))
         baseline, hf_features = run_baseline(dataset, processor, texts)
         rates["ours"].append(ours)
+        rates["prepared"].append(prepared)
         rates["baseline"].append(baseline)
         rates["decode_floor"].append(run_decode_floor(clips))
     best = {name: max(values) for name, values in rates.items()}
+    stages = stage_split(dataset, processor, repeats)
+    floor_per_s = 1000 / (stages["decode"] + stages["resample"])
     return {
         "ours": round(best["ours"], 2),
         "baseline": round(best["baseline"], 2),
         "ratio": round(best["ours"] / best["baseline"], 2),
+        "prepared": round(best["prepared"], 2),
+        "prepared_ratio": round(best["prepared"] / best["baseline"], 2),
+        "prepare_once_samples_per_s": round(best["prepare_once"], 2),
+        "prepare_once_ms_per_sample": round(1000 / best["prepare_once"], 3),
         "decode_floor": round(best["decode_floor"], 2),
         "ours_share_of_floor": round(best["ours"] / best["decode_floor"], 2),
-        "features_max_abs_diff": max(float((our_features[p] - hf_features[p]).abs().max()) for p in hf_features),
+        "stages_ms_per_sample": stages,
+        "streaming_floor": {
+            "decode_plus_resample_samples_per_s": round(floor_per_s, 2),
+            "max_ratio": round(floor_per_s / best["baseline"], 2),
+            "note": "decode (libsndfile) and resample (soxr HQ) are fixed by equal features: no streaming path "
+                    "can pass this rate on this core, even with free log-mel, labels and collate",
+        },
+        "features_max_abs_diff": max_diff(our_features, hf_features),
+        "prepared_features_max_abs_diff": max_diff(prepared_features, hf_features),
+        "prepared_vs_ours_max_abs_diff": max_diff(prepared_features, our_features),
         "samples": len(clips),
         "mean_clip_seconds": round(mean_clip_seconds(clips), 2),
+        "prepared_bytes_per_audio_hour": prepared_bytes_per_hour(workdir / "prepared-0", clips),
         "runs": {name: [round(v, 2) for v in values] for name, values in rates.items()},
     }
+
+
+def max_diff(ours: dict, reference: dict) -> float:
+    return max(float((ours[path] - reference[path]).abs().max()) for path in reference)
+
+
+def run_prepare(dataset: Path, processor: Path, out: Path) -> float:
+    """Samples per CPU-second of ``dataset prepare``'s shard work (decode, features, labels, write, checksum),
+    one worker in this process: a one-time cost. Its fixed start-up (catalogue, processor) is left out: it does
+    not grow with the dataset."""
+    from whisper_k8s.dataset.prepare import prepare
+
+    result = prepare(dataset, out, languages="en", splits="train", processor_dir=processor, n_mels=N_MELS,
+                     workers=1)
+    return result.samples / result.shard_cpu_seconds
+
+
+def prepared_bytes_per_hour(prepared: Path, clips: dict[str, bytes]) -> int:
+    """Disk the prepared shards take per hour of audio (features dominate: 128 x 100 x 4 B per second)."""
+    stored = sum(path.stat().st_size for path in prepared.rglob("*.wmel"))
+    return round(stored / (mean_clip_seconds(clips) * len(clips)) * 3600)
+
+
+def stage_split(dataset: Path, processor: Path, repeats: int) -> dict[str, float]:
+    """CPU milliseconds per sample of each stage of the streaming path (best of ``repeats``), run stage by
+    stage with the library's own functions on batches of 8, as the loader runs them."""
+    import soundfile
+    from whisper_trainer.data.audio import resample_16k
+    from whisper_trainer.data.catalog import build_catalog
+    from whisper_trainer.data.features import LogMel, mel_filters
+    from whisper_trainer.data.labels import LabelEncoder
+    from whisper_trainer.data.stream import collate
+
+    catalog = build_catalog(dataset, ["en"], "train")
+    encoder = LabelEncoder(str(processor))
+    language = encoder.language_id("en")
+    log_mel = LogMel(mel_filters(str(processor), N_MELS))
+    descriptor = os.open(catalog.shards[0], os.O_RDONLY)
+    best: dict[str, float] = {}
+    for _ in range(repeats + 1):  # the first pass warms caches and lazy imports; it counts like the others
+        spent = dict.fromkeys(("read", "decode", "resample", "log_mel", "tokenise", "collate"), 0.0)
+        for first in range(0, len(catalog) - BATCH + 1, BATCH):
+            waveforms, labels = [], []
+            for index in range(first, first + BATCH):
+                location = catalog.locations[index]
+                mark = time.process_time()
+                data = os.pread(descriptor, location.size, location.offset)
+                mark = _lap(spent, "read", mark)
+                samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+                mark = _lap(spent, "decode", mark)
+                waveforms.append(resample_16k(samples[:, 0], rate))
+                mark = _lap(spent, "resample", mark)
+                labels.append(encoder.encode(catalog.texts[index], language))
+                _lap(spent, "tokenise", mark)
+            mark = time.process_time()
+            features = log_mel(waveforms)
+            mark = _lap(spent, "log_mel", mark)
+            collate(features, labels, lambda ready: ready)  # label padding and the batch dict around the features
+            _lap(spent, "collate", mark)
+        batches = len(catalog) // BATCH
+        for stage, seconds in spent.items():
+            best[stage] = min(best.get(stage, float("inf")), 1000 * seconds / (batches * BATCH))
+    os.close(descriptor)
+    return {stage: round(ms, 3) for stage, ms in best.items()}
+
+
+def _lap(spent: dict, stage: str, mark: float) -> float:
+    now = time.process_time()
+    spent[stage] += now - mark
+    return now
 
 
 def run_ours(dataset: Path, processor: Path, num_samples: int):
@@ -183,22 +284,46 @@ def mean_clip_seconds(clips: dict[str, bytes]) -> float:
     return sum(soundfile.info(io.BytesIO(d)).duration for d in clips.values()) / len(clips)
 
 
-def node_sizing(ours_per_core_at_cv_length: float) -> dict:
-    """CPU request and dataloader workers per rank for 8 NPUs, from our per-core rate on CV-length clips."""
-    node_demand = ASSUMED_NPU_SAMPLES_PER_S * NPUS_PER_NODE
+def accelerator_rates() -> dict[str, dict]:
+    """whisper-large-v3 samples/s per accelerator (micro batch 8, 448 tokens): measured where the trainer
+    benchmark has a CUDA large-v3 run, else assumed from FLOPs at ASSUMED_MFU of the card's bf16 peak."""
+    from train_throughput import PEAK_BF16, forward_flops_per_sample
+
+    fields = json.loads((PRESETS / "large-v3.json").read_text())
+    train_flops = 3 * forward_flops_per_sample(fields, TARGET_TOKENS)
+    rates = {}
+    for kind, card in (("npu", "910B"), ("gpu", "H100")):
+        rate = ASSUMED_MFU * PEAK_BF16[card] / train_flops
+        rates[kind] = {
+            "samples_per_s": round(rate, 2),
+            "source": f"assumed: {ASSUMED_MFU:.0%} MFU of the {card}'s {PEAK_BF16[card] / 1e12:.0f} TFLOP/s bf16 "
+                      f"peak over {train_flops / 1e12:.1f} TFLOP per large-v3 training sample",
+        }
+    measured = json.loads(TRAIN_RESULTS.read_text()) if TRAIN_RESULTS.is_file() else {}
+    if measured.get("machine", {}).get("device") == "cuda" and measured.get("config", {}).get("preset") == "large-v3":
+        rates["gpu"] = {"samples_per_s": measured["ours"]["samples_per_second"],
+                        "source": f"measured by bench/train_throughput.py on {measured['machine'].get('accelerator')} "
+                                  f"({measured.get('date')})"}
+    return rates
+
+
+def node_sizing(per_core: float, accelerator: dict, name: str) -> dict:
+    """CPU request and dataloader workers per rank for a node of 8 accelerators, from our per-core rate at CV
+    length (streaming: the worst case; a prepared dataset needs far less)."""
+    demand = accelerator["samples_per_s"] * ACCELERATORS_PER_NODE
     # At least 2 workers per rank so one decodes while the other's batch is consumed (prefetch never runs dry).
-    workers = max(2, math.ceil(SAFETY * ASSUMED_NPU_SAMPLES_PER_S / ours_per_core_at_cv_length))
+    workers = max(2, math.ceil(SAFETY * accelerator["samples_per_s"] / per_core))
     return {
-        "assumed_npu_samples_per_s": ASSUMED_NPU_SAMPLES_PER_S,
-        "assumption": "whisper-large-v3, micro batch 8, Ascend 910B: assumed (MindSpeed-MM publishes no figure; "
-                      "the trainer benchmark may refine it)",
-        "node_demand_samples_per_s": node_demand,
-        "data_cores_needed": round(node_demand / ours_per_core_at_cv_length, 2),
+        "accelerator": name,
+        "samples_per_s_per_accelerator": accelerator["samples_per_s"],
+        "consumption_source": accelerator["source"],
+        "node_demand_samples_per_s": round(demand, 1),
+        "data_cores_needed": round(demand / per_core, 2),
         "recommended_num_workers": workers,
-        "recommended_cpu_per_8_npus": NPUS_PER_NODE * (workers + 1),  # + 1 core per rank for the trainer itself
-        "recommended_shm_mib_per_8_npus": shared_memory_mib(workers),
-        "sizing_rule": f"workers/rank = max(2, ceil({SAFETY} x NPU rate / per-core rate at CV clip length)); "
-                       "CPUs = 8 x (workers + 1 for the rank's training process)",
+        "recommended_cpu_per_node": ACCELERATORS_PER_NODE * (workers + 1),  # + 1 core per rank for the trainer
+        "recommended_shm_mib_per_node": shared_memory_mib(workers),
+        "sizing_rule": f"workers/rank = max(2, ceil({SAFETY} x accelerator rate / per-core rate at CV clip "
+                       "length)); CPUs = 8 x (workers + 1 for the rank's training process)",
     }
 
 
@@ -206,7 +331,7 @@ def shared_memory_mib(workers: int, prefetch_factor: int = 2) -> int:
     """/dev/shm a node needs: each rank's workers hold prefetch_factor batches each, plus one in hand, in shared
     memory; twice that, in 256 MiB steps (Kubernetes gives pods 64 MiB unless the chart mounts more)."""
     batch_bytes = BATCH * N_MELS * 3000 * 4
-    needed = NPUS_PER_NODE * (workers * prefetch_factor + 1) * batch_bytes
+    needed = ACCELERATORS_PER_NODE * (workers * prefetch_factor + 1) * batch_bytes
     return math.ceil(2 * needed / 2**28) * 256
 
 
@@ -241,37 +366,55 @@ def main() -> int:
         processor = Path(tmp) / "processor"
         write_processor(processor, variant="large-v3")
         info = machine()
-        generated = measure(dataset, processor, args.repeats)
-        cv_length = measure(join_into_cv_length_clips(dataset, Path(tmp) / "cv-length"), processor, args.repeats)
+        cv_length = measure(join_into_cv_length_clips(dataset, Path(tmp) / "cv-length"), processor, args.repeats,
+                            Path(tmp) / "cv-length-out")
+        generated = measure(dataset, processor, args.repeats, Path(tmp) / "generated-out")
 
-    max_diff = max(generated["features_max_abs_diff"], cv_length["features_max_abs_diff"])
+    max_diff_seen = max(clips[key] for clips in (generated, cv_length)
+                        for key in ("features_max_abs_diff", "prepared_features_max_abs_diff"))
+    rates = accelerator_rates()
     result = {
         "name": "data_pipeline",
-        "unit": "samples per CPU-second of one single-threaded process (= per core), best of repeats",
-        **{key: generated[key] for key in ("ours", "baseline", "ratio", "decode_floor")},
-        "generated_clips": generated,
+        "unit": "samples per CPU-second of one single-threaded process (= per core), best of repeats; headline "
+                "figures at Common Voice clip length (~6 s)",
+        **{key: cv_length[key] for key in ("ours", "baseline", "ratio", "prepared", "prepared_ratio",
+                                           "decode_floor", "stages_ms_per_sample", "streaming_floor")},
         "cv_length_clips": cv_length,
+        "generated_clips": generated,
         "batch": BATCH,
         "n_mels": N_MELS,
         "baseline_description": "tarfile stream + librosa.load(sr=16000) + WhisperFeatureExtractor + "
                                 "WhisperTokenizer per sample, stacked/padded in batches of 8",
-        "target": "ratio >= 3 with features equal (max abs diff < 1e-4)",
-        "target_met": generated["ratio"] >= 3 and max_diff < 1e-4,
-        **node_sizing(cv_length["ours"]),
+        "target": "ratio >= 3 per core with features equal (max abs diff < 1e-4)",
+        "target_met": {"streaming": cv_length["ratio"] >= 3 and max_diff_seen < 1e-4,
+                       "prepared": cv_length["prepared_ratio"] >= 3 and max_diff_seen < 1e-4},
+        "node_sizing": {"npu": node_sizing(cv_length["ours"], rates["npu"], "8 x Ascend 910B"),
+                        "gpu": node_sizing(cv_length["ours"], rates["gpu"], "8 x NVIDIA H100/H200")},
         "machine": info,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"data_pipeline: ours {result['ours']} samples/s/core vs HF {result['baseline']} "
-          f"(x{result['ratio']}), MP3 decode floor {result['decode_floor']} ({generated['mean_clip_seconds']} s "
-          f"clips); at CV length ({cv_length['mean_clip_seconds']} s) ours {cv_length['ours']} vs HF "
-          f"{cv_length['baseline']} (x{cv_length['ratio']}), floor {cv_length['decode_floor']}; "
-          f"features max diff {max_diff:.1e}; "
-          f"8 NPUs at an assumed {ASSUMED_NPU_SAMPLES_PER_S}/s each need {result['data_cores_needed']} data cores: "
-          f"recommend {result['recommended_num_workers']} workers/rank, "
-          f"{result['recommended_cpu_per_8_npus']} CPUs and {result['recommended_shm_mib_per_8_npus']} MiB /dev/shm per 8-NPU node")
+    print(summary(result, generated))
     return 0
+
+
+def summary(result: dict, generated: dict) -> str:
+    cv, stages, npu, gpu = result["cv_length_clips"], result["stages_ms_per_sample"], *result["node_sizing"].values()
+    split = ", ".join(f"{stage} {ms:.2f}" for stage, ms in stages.items())
+    return (
+        f"data_pipeline at CV length ({cv['mean_clip_seconds']} s clips), samples/s per core: streaming ours "
+        f"{result['ours']} vs HF {result['baseline']} (x{result['ratio']}; floor decode+resample "
+        f"{result['streaming_floor']['decode_plus_resample_samples_per_s']} = x{result['streaming_floor']['max_ratio']}), "
+        f"prepared {result['prepared']} (x{result['prepared_ratio']}, prepare once {cv['prepare_once_ms_per_sample']} ms/sample); "
+        f"stages ms/sample: {split}; ~2 s clips: ours x{generated['ratio']}, prepared x{generated['prepared_ratio']}; "
+        f"features max diff {max(cv['features_max_abs_diff'], generated['features_max_abs_diff']):.1e}; "
+        f"8 NPUs at {npu['samples_per_s_per_accelerator']}/s each: {npu['data_cores_needed']} data cores, "
+        f"{npu['recommended_num_workers']} workers/rank, {npu['recommended_cpu_per_node']} CPUs; "
+        f"8 GPUs at {gpu['samples_per_s_per_accelerator']}/s each: {gpu['data_cores_needed']} data cores, "
+        f"{gpu['recommended_num_workers']} workers/rank, {gpu['recommended_cpu_per_node']} CPUs, "
+        f"{gpu['recommended_shm_mib_per_node']} MiB /dev/shm"
+    )
 
 
 if __name__ == "__main__":

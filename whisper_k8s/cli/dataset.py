@@ -104,6 +104,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(result.skipped.items())) or "none"
     print(f"prepared {result.usable} of {result.samples} samples ({n_mels} mels, {n_frames} frames) in "
           f"{result.seconds:.1f} s: {result.shards_written} shard(s) written, {result.shards_kept} kept from an "
-          f"earlier run, {result.feature_bytes / 2**20:.1f} MiB; skipped: {skipped}")
+          f"earlier run, {result.feature_bytes / 2**20:.1f} MiB, "
+          f"{1000 * result.shard_cpu_seconds / max(1, result.samples):.1f} ms CPU per sample; skipped: {skipped}")
     print(f"wrote {result.root}; set dataset_name_or_path in data.json to it")
     return 0

@@ -43,6 +43,7 @@ class PrepareResult:
     shards_kept: int = 0
     feature_bytes: int = 0
     seconds: float = 0.0
+    shard_cpu_seconds: float = 0.0  # CPU time of the shard jobs written (decode, features, write): the per-sample cost
 
 
 def preset_geometry(preset: str) -> tuple[int, int]:
@@ -97,9 +98,10 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, *, languages: lis
             records[job[:3]] = record
             result.shards_kept += 1
     context = _WorkerContext(catalogs, encoder, filters, n_frames, out)
-    for job, record in zip(todo, _run(context, todo, workers or os.cpu_count() or 1), strict=True):
+    for job, (record, cpu_seconds) in zip(todo, _run(context, todo, workers or os.cpu_count() or 1), strict=True):
         records[job[:3]] = record
         result.shards_written += 1
+        result.shard_cpu_seconds += cpu_seconds
     manifest = {key: plan[key] for key in plan if key not in ("shard_size", "languages")}
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest["languages"] = {}
@@ -183,13 +185,15 @@ def _run(context: _WorkerContext, jobs: list[tuple], workers: int):
         return pool.map(_prepare_shard, jobs, chunksize=1)
 
 
-def _prepare_shard(job: tuple) -> dict:
-    """Decode, featurise and write one shard (rows start..stop of one language/split); its record."""
+def _prepare_shard(job: tuple) -> tuple[dict, float]:
+    """Decode, featurise and write one shard (rows start..stop of one language/split): its record and the CPU
+    seconds it took."""
     import torch
     from whisper_trainer.data.features import LogMel
     from whisper_trainer.data.prepared import ShardWriter, sha256_file, shard_file
     from whisper_trainer.data.stream import AudioSampleReader, StreamSettings, StreamSources
 
+    started = time.process_time()
     torch.set_num_threads(1)  # one process per core: the pool is the parallelism
     context = _CONTEXT
     lang, split, number, start, stop = job
@@ -217,7 +221,7 @@ def _prepare_shard(job: tuple) -> dict:
     record = {"file": shard_file(lang, split, number), "samples": stop - start, "usable": stop - start - sum(skipped.values()),
               "skipped": dict(skipped), "bytes": shard.stat().st_size, "sha256": sha256_file(shard)}
     write_text(shard.with_name(shard.name + DONE_SUFFIX), json.dumps(record) + "\n")
-    return record
+    return record, time.process_time() - started
 
 
 def _write_group(writer, reader, log_mel, catalog, rows: range) -> None:
