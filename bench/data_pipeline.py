@@ -157,7 +157,7 @@ def run_prepare(dataset: Path, processor: Path, out: Path) -> float:
 
     result = prepare(dataset, out, languages="en", splits="train", processor_dir=processor, n_mels=N_MELS,
                      workers=1)
-    return result.samples / result.shard_cpu_seconds
+    return result.samples_written / result.shard_cpu_seconds
 
 
 def prepared_bytes_per_hour(prepared: Path, clips: dict[str, bytes]) -> int:

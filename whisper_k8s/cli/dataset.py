@@ -105,6 +105,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     print(f"prepared {result.usable} of {result.samples} samples ({n_mels} mels, {n_frames} frames) in "
           f"{result.seconds:.1f} s: {result.shards_written} shard(s) written, {result.shards_kept} kept from an "
           f"earlier run, {result.feature_bytes / 2**20:.1f} MiB, "
-          f"{1000 * result.shard_cpu_seconds / max(1, result.samples):.1f} ms CPU per sample; skipped: {skipped}")
+          f"{1000 * result.shard_cpu_seconds / max(1, result.samples_written):.1f} ms CPU per sample written; "
+          f"skipped: {skipped}")
     print(f"wrote {result.root}; set dataset_name_or_path in data.json to it")
     return 0

@@ -43,6 +43,7 @@ class PrepareResult:
     shards_kept: int = 0
     feature_bytes: int = 0
     seconds: float = 0.0
+    samples_written: int = 0  # rows of the shards written by this run (the others were kept)
     shard_cpu_seconds: float = 0.0  # CPU time of the shard jobs written (decode, features, write): the per-sample cost
 
 
@@ -101,6 +102,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, *, languages: lis
     for job, (record, cpu_seconds) in zip(todo, _run(context, todo, workers or os.cpu_count() or 1), strict=True):
         records[job[:3]] = record
         result.shards_written += 1
+        result.samples_written += record["samples"]
         result.shard_cpu_seconds += cpu_seconds
     manifest = {key: plan[key] for key in plan if key not in ("shard_size", "languages")}
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
