@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import gc
 import json
 import os
@@ -195,12 +194,55 @@ def loop_facts(device) -> dict:
     return facts
 
 
+KERNEL_KINDS = (("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+                ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul")),
+                ("convolution", ("conv", "implicit", "winograd")),
+                ("optimizer", ("multi_tensor", "adam", "fused_adam")),
+                ("compiled elementwise (Triton)", ("triton",)))
+
+
+def kernel_time_by_kind(step, device) -> dict | None:
+    """One profiled step on CUDA: device time per kind of kernel and how busy the GPU was over the step.
+
+    Says where the time goes (and so what could still be gained): matmuls, attention, convolutions, the
+    optimizer, fused elementwise kernels, other elementwise. ``gpu_busy_share`` below 1 means host-side gaps.
+    """
+    if device.type != "cuda":
+        return None
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        synchronize(device)
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            synchronize(device)
+        wall_us = (time.perf_counter() - start) * 1e6
+        totals: dict[str, float] = {}
+        for event in prof.events():
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            name = event.name.lower()
+            kind = next((kind for kind, keys in KERNEL_KINDS if any(key in name for key in keys)), "other")
+            totals[kind] = totals.get(kind, 0.0) + event.device_time_total
+    except Exception as err:  # a profiler that cannot run here must not cost the measurement
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+    busy = sum(totals.values())
+    return {"profiled_step_ms": round(wall_us / 1000, 2), "gpu_busy_share": round(busy / wall_us, 3),
+            "ms_by_kind": {kind: round(us / 1000, 2) for kind, us in sorted(totals.items(), key=lambda kv: -kv[1])}}
+
+
 def release(device) -> None:
-    """Free a finished loop's model, optimizer state and compiled code before the next one is built."""
+    """Free a finished loop's model, optimizer state and compiled code before the next one is built.
+
+    Dynamo's cache is reset too: it does not guard on the SDPA backend switches, so without the reset a
+    variant with another backend would silently reuse the previous loop's graphs."""
+    import torch
+
+    torch._dynamo.reset()
     gc.collect()
     if device.type != "cpu":
-        import torch
-
         getattr(torch, device.type).empty_cache()
 
 
@@ -220,46 +262,6 @@ def matmul_peak(device, size: int = 8192, repeats: int = 10) -> float | None:
     end.record()
     torch.cuda.synchronize(device)
     return 2 * size ** 3 * repeats / (start.elapsed_time(end) / 1000)
-
-
-def attention_step(q, k, v, causal: bool) -> None:
-    import torch
-
-    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal).sum().backward()
-
-
-def attention_timings(cfg: dict, micro_batch: int, target_tokens: int, device) -> dict | None:
-    """Forward+backward ms of the encoder's self attention (the largest) with each SDPA backend on CUDA.
-
-    Tells which ``--attention-backend`` suits this card; a backend that cannot run the shape is recorded with
-    its error instead of a time.
-    """
-    if device.type != "cuda":
-        return None
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    heads = cfg["encoder_attention_heads"]
-    head_dim = cfg["d_model"] // heads
-    positions = cfg["max_source_positions"]
-    shapes = {"encoder_self": (positions, positions, False),
-              "decoder_self": (target_tokens, target_tokens, True)}
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                "efficient": SDPBackend.EFFICIENT_ATTENTION}
-    out: dict = {}
-    for shape_name, (q_len, k_len, causal) in shapes.items():
-        q = torch.randn(micro_batch, heads, q_len, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
-        k = torch.randn(micro_batch, heads, k_len, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
-        v = torch.randn_like(k, requires_grad=True)
-        for name, backend in backends.items():
-            try:
-                with sdpa_kernel([backend]):
-                    run = functools.partial(attention_step, q, k, v, causal)
-                    times = time_steps(run, device, warmup=3, steps=10)
-                out.setdefault(shape_name, {})[name] = round(1000 * sum(times) / len(times), 3)
-            except RuntimeError as err:
-                out.setdefault(shape_name, {})[name] = f"not available: {str(err).splitlines()[0][:160]}"
-    return out
 
 
 def machine(device) -> dict:
@@ -317,6 +319,7 @@ def main() -> int:
                              "reported under variants, beside the default configuration's 'ours'")
     args = parser.parse_args()
 
+    from whisper_trainer import kernels
     from whisper_trainer.parallel import pick_device_type
 
     kind = pick_device_type(args.device)
@@ -340,11 +343,12 @@ def main() -> int:
         ours_step, device, trainer = our_step(workdir / "model.json", workdir / "data.json", batch, args, kind,
                                               workdir)
         progress(f"ours set up on {device}")
-        attention = attention_timings(model_fields, args.micro_batch, args.target_tokens, device)
+        attention = (kernels.time_attention_backends(model_fields, args.micro_batch, args.target_tokens, device)
+                     if device.type == "cuda" else None)
+        facts: dict[str, dict] = {"ours": {"attention_backend": trainer.attention_backend}}
         if attention:
             progress(f"attention backends (fwd+bwd ms): {attention}")
         variant_times: dict[str, list[float]] = {}
-        facts: dict[str, dict] = {}
         if device.type == "cpu" and not variants:  # both fit: interleave
             times = time_interleaved({"ours": ours_step, "baseline": baseline_step(model_fields, batch, args,
                                                                                    device)},
@@ -352,7 +356,8 @@ def main() -> int:
             our_times, base_times = times["ours"], times["baseline"]
         else:  # large-v3 twice may not fit one card: one after the other, memory freed between
             our_times = time_steps(ours_step, device, args.warmup, args.steps)
-            facts["ours"] = loop_facts(device)
+            facts["ours"].update(loop_facts(device))
+            facts["ours"]["kernels"] = kernel_time_by_kind(ours_step, device)
             progress(f"ours: {facts['ours']}, mean step {1000 * sum(our_times) / len(our_times):.1f} ms")
             del ours_step, trainer
             release(device)
@@ -360,14 +365,15 @@ def main() -> int:
                 step, _, trainer = our_step(workdir / "model.json", workdir / "data.json", batch, args, kind,
                                             workdir / name, flags)
                 variant_times[name] = time_steps(step, device, args.warmup, args.steps)
-                facts[name] = loop_facts(device)
+                facts[name] = {"attention_backend": trainer.attention_backend, **loop_facts(device)}
                 progress(f"{name}: {facts[name]}, mean step "
                          f"{1000 * sum(variant_times[name]) / len(variant_times[name]):.1f} ms")
                 del step, trainer
                 release(device)
-            base_times = time_steps(baseline_step(model_fields, batch, args, device), device, args.warmup,
-                                    args.steps)
+            baseline = baseline_step(model_fields, batch, args, device)
+            base_times = time_steps(baseline, device, args.warmup, args.steps)
             facts["baseline"] = loop_facts(device)
+            facts["baseline"]["kernels"] = kernel_time_by_kind(baseline, device)
             progress(f"baseline: {facts['baseline']}, mean step {1000 * sum(base_times) / len(base_times):.1f} ms")
 
     info = machine(device)

@@ -209,13 +209,17 @@ def autocast(device: torch.device, bf16: bool, strategy: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
-    """Clip (unless ``max_norm`` is 0) and return the total gradient norm, also for FSDP2's DTensors."""
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip (unless ``max_norm`` is 0) and return the total gradient norm, also for FSDP2's DTensors.
+
+    The norm stays a device tensor: reading it here would make the host wait for the backward pass before it
+    can queue the optimizer step; the trainer reads it once the iteration is done.
+    """
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
-    return float(norm)
+    return norm
 
 
 def synchronize(device: torch.device) -> None:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from statistics import fmean
 
+import torch
+
 from whisper_trainer import kernels, parallel
 from whisper_trainer.checkpoint import CheckpointManager
 from whisper_trainer.config import TrainerConfig
@@ -93,7 +95,12 @@ class Trainer:
                      "x accumulation %d, %s", count_parameters(model) / 1e6, mode, env.device.type,
                      env.world_size, env.node_rank, self.global_batch, cfg.training.micro_batch_size,
                      env.world_size, self.accumulation, "bf16 mixed precision" if cfg.training.bf16 else "fp32")
-        kernels.select_attention(cfg.parallel.attention_backend, env.device)
+        chosen = (kernels.choose_attention(cfg.parallel.attention_backend, env.device, cfg.model.fields,
+                                           cfg.training.micro_batch_size, cfg.training.max_label_tokens)
+                  if env.is_main else None)
+        self.attention_backend = parallel.broadcast_object(env, chosen)  # every rank runs the same kernels
+        kernels.restrict_attention(self.attention_backend)
+        kernels.tune_convolutions(env.device)
         self.model = parallel.wrap_model(model, env, cfg.parallel.strategy, cfg.training.bf16)
         compiled = kernels.compile_wanted(cfg.parallel.compile, env.device)
         if compiled:
@@ -143,7 +150,7 @@ class Trainer:
         lr = self.scheduler.lr
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, samples = 0.0, 0
+        loss_sum, samples = torch.zeros((), device=env.device), 0  # read after the step: no host sync inside
         for micro in range(self.accumulation):
             waited = time.perf_counter()
             batch = next(batches)
@@ -154,7 +161,7 @@ class Trainer:
                 with parallel.autocast(env.device, t.bf16, self.cfg.parallel.strategy):
                     loss = loss_on_batch(self.model, features, labels, self.hf_config, self.cross_entropy)
                 (loss / self.accumulation).backward()
-            loss_sum += loss.detach().float().item()
+            loss_sum += loss.detach().float()
             samples += int(batch["num_samples"])
         grad_norm = parallel.clip_grad_norm(self.model, t.clip_grad)
         self.optimizer.step()
@@ -162,10 +169,10 @@ class Trainer:
         parallel.synchronize(env.device)
         seconds = watch.elapsed()
         loss_mean, samples_mean, wait_mean = parallel.mean_over_ranks(
-            env, [loss_sum / self.accumulation, float(samples), watch.data_wait / seconds])
+            env, [loss_sum.item() / self.accumulation, float(samples), watch.data_wait / seconds])
         global_samples = round(samples_mean * env.world_size)
         self.consumed_samples += global_samples
-        return {"loss": loss_mean, "lr": lr, "grad_norm": grad_norm, "iteration_ms": 1000 * seconds,
+        return {"loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm), "iteration_ms": 1000 * seconds,
                 "samples_per_second": global_samples / seconds, "data_wait_share": wait_mean,
                 "global_samples": global_samples}
 
