@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -183,3 +185,23 @@ def test_cli_prepare_end_to_end(cv_dataset, processor_dir, tmp_path, capsys):
     assert main(["dataset", "prepare", "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
                  "--lang", "en", "--processor", str(processor_dir)]) == 2
     assert "--source" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_trainer_trains_on_a_prepared_root(prepared, processor_dir, tmp_path):
+    """data.json's dataset_name_or_path points at the prepared folder: the trainer reads it as it is."""
+    root = Path(__file__).resolve().parents[1]
+    out, _ = prepared
+    model_json, data_json = tmp_path / "model.json", tmp_path / "data.json"
+    model_json.write_text((root / "helm" / "files" / "model-presets" / "tiny.json").read_text())
+    data_json.write_text(json.dumps({"dataset_param": {
+        "basic_parameters": {"dataset_name_or_path": str(out), "language": "en"},
+        "preprocess_parameters": {"processor_name_or_path": str(processor_dir), "task": "transcribe"}}}))
+    command = [sys.executable, "-m", "whisper_trainer", "--mm-model", str(model_json), "--mm-data", str(data_json),
+               "--save", str(tmp_path / "save"), "--micro-batch-size", "2", "--lr", "1e-3", "--train-iters", "2",
+               "--save-interval", "2", "--log-interval", "1", "--num-workers", "1", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{root}:{root / 'trainer'}")
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "in 3 prepared-feature shard(s)" in log and "Average Samples per Second" in log
+    assert (tmp_path / "save" / "iter_0000002").is_dir()

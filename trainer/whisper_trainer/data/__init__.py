@@ -67,8 +67,9 @@ def build_dataloader(dataset_root: str, languages: list[str], split: str, proces
     )
     _check_enough_samples(catalog, settings)
     LOG.info(
-        "data: %d samples of %s/%s in %d shard(s), %d already known bad; rank %d of %d reads about %d per epoch "
+        "data: %d samples of %s/%s in %d %s shard(s), %d already known bad; rank %d of %d reads about %d per epoch "
         "with %d worker(s)", len(catalog), ",".join(languages), split, len(catalog.shards),
+        "prepared-feature" if isinstance(sources, PreparedSources) else "audio",
         len(catalog) - catalog.usable_count(), rank, world_size, len(catalog) // world_size, num_workers,
     )
     return ResumableLoader(sources, settings, num_workers=num_workers, prefetch_factor=prefetch_factor,
