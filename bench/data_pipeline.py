@@ -343,7 +343,8 @@ def accelerator_rates() -> dict[str, dict]:
 
 def node_sizing(per_core: float, accelerator: dict, name: str) -> dict:
     """CPU request and dataloader workers per rank for a node of 8 accelerators, from our per-core rate at CV
-    length (streaming: the worst case; a prepared dataset needs far less)."""
+    length in a dataloader worker, as training runs it (streaming: the worst case; a prepared dataset needs far
+    less)."""
     demand = accelerator["samples_per_s"] * ACCELERATORS_PER_NODE
     # At least 2 workers per rank so one decodes while the other's batch is consumed (prefetch never runs dry).
     workers = max(2, math.ceil(SAFETY * accelerator["samples_per_s"] / per_core))
@@ -357,7 +358,7 @@ def node_sizing(per_core: float, accelerator: dict, name: str) -> dict:
         "recommended_cpu_per_node": ACCELERATORS_PER_NODE * (workers + 1),  # + 1 core per rank for the trainer
         "recommended_shm_mib_per_node": shared_memory_mib(workers),
         "sizing_rule": f"workers/rank = max(2, ceil({SAFETY} x accelerator rate / per-core rate at CV clip "
-                       "length)); CPUs = 8 x (workers + 1 for the rank's training process)",
+                       "length, in a worker)); CPUs = 8 x (workers + 1 for the rank's training process)",
     }
 
 
@@ -422,8 +423,8 @@ def main() -> int:
         "target": "ratio >= 3 per core with features equal (max abs diff < 1e-4)",
         "target_met": {"streaming": cv_length["ratio"] >= 3 and max_diff_seen < 1e-4,
                        "prepared": cv_length["prepared_ratio"] >= 3 and max_diff_seen < 1e-4},
-        "node_sizing": {"npu": node_sizing(cv_length["ours"], rates["npu"], "8 x Ascend 910B"),
-                        "gpu": node_sizing(cv_length["ours"], rates["gpu"], "8 x NVIDIA H100/H200")},
+        "node_sizing": {"npu": node_sizing(cv_length["ours_in_worker"], rates["npu"], "8 x Ascend 910B"),
+                        "gpu": node_sizing(cv_length["ours_in_worker"], rates["gpu"], "8 x NVIDIA H100/H200")},
         "machine": info,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -438,7 +439,8 @@ def summary(result: dict, generated: dict) -> str:
     split = ", ".join(f"{stage} {ms:.2f}" for stage, ms in stages.items())
     return (
         f"data_pipeline at CV length ({cv['mean_clip_seconds']} s clips), samples/s per core: streaming ours "
-        f"{result['ours']} vs HF {result['baseline']} (x{result['ratio']}; floor decode+resample "
+        f"{result['ours']} vs HF {result['baseline']} (x{result['ratio']}; in a dataloader worker "
+        f"{cv['ours_in_worker']}; floor decode+resample "
         f"{result['streaming_floor']['decode_plus_resample_samples_per_s']} = x{result['streaming_floor']['max_ratio']}), "
         f"prepared {result['prepared']} (x{result['prepared_ratio']}, prepare once {cv['prepare_once_ms_per_sample']} ms/sample); "
         f"stages ms/sample: {split}; ~2 s clips: ours x{generated['ratio']}, prepared x{generated['prepared_ratio']}; "
