@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
 import os
@@ -201,6 +202,82 @@ KERNEL_KINDS = (("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
                 ("compiled elementwise (Triton)", ("triton",)))
 
 
+def attention_shapes(fields: dict, target_tokens: int) -> dict[str, tuple[int, int, bool, int]]:
+    """The model's SDPA calls per sample: name -> (query length, key length, causal, calls per forward)."""
+    source = int(fields["max_source_positions"])
+    return {"encoder_self": (source, source, False, int(fields["encoder_layers"])),
+            "decoder_self": (target_tokens, target_tokens, True, int(fields["decoder_layers"])),
+            "decoder_cross": (target_tokens, source, False, int(fields["decoder_layers"]))}
+
+
+def time_attention_backends(fields: dict, batch: int, target_tokens: int, device,
+                            repeats: int = 10) -> dict[str, dict[str, float | str]]:
+    """Forward+backward milliseconds of each fused SDPA backend on each of the model's attention shapes (bf16).
+
+    A backend that cannot run a shape on this card is recorded with PyTorch's reason instead of a time.
+    """
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    heads = int(fields["encoder_attention_heads"])
+    head_dim = int(fields["d_model"]) // heads
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    timings: dict[str, dict[str, float | str]] = {}
+    for shape, (q_len, k_len, causal, _) in attention_shapes(fields, target_tokens).items():
+        def tensor(length: int):
+            return torch.randn(batch, heads, length, head_dim, device=device, dtype=torch.bfloat16,
+                               requires_grad=True)
+
+        q, k, v = tensor(q_len), tensor(k_len), tensor(k_len)
+        for name, backend in backends.items():
+            try:
+                with sdpa_kernel([backend]):
+                    timings.setdefault(shape, {})[name] = _time_ms(
+                        functools.partial(_attention_step, q, k, v, causal), device, repeats)
+            except RuntimeError as err:
+                timings.setdefault(shape, {})[name] = f"not available: {str(err).splitlines()[0][:160]}"
+    return timings
+
+
+def _attention_step(q, k, v, causal: bool) -> None:
+    import torch
+
+    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal).sum().backward()
+
+
+def _time_ms(work, device, repeats: int) -> float:
+    import torch
+
+    for _ in range(3):
+        work()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    for _ in range(repeats):
+        work()
+    end.record()
+    torch.cuda.synchronize(device)
+    return round(start.elapsed_time(end) / repeats, 4)
+
+
+SDP_SWITCHES = ("flash", "cudnn", "mem_efficient", "math")
+
+
+def sdp_switches() -> dict[str, bool]:
+    import torch
+
+    return {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")() for name in SDP_SWITCHES}
+
+
+def restore_sdp_switches(saved: dict[str, bool]) -> None:
+    """A variant's --attention-backend is process-wide: the next loop (the baseline) gets PyTorch's defaults."""
+    import torch
+
+    for name, enabled in saved.items():
+        getattr(torch.backends.cuda, f"enable_{name}_sdp")(enabled)
+
+
 def kernel_time_by_kind(step, device) -> dict | None:
     """One profiled step on CUDA: device time per kind of kernel and how busy the GPU was over the step.
 
@@ -220,17 +297,21 @@ def kernel_time_by_kind(step, device) -> dict | None:
             synchronize(device)
         wall_us = (time.perf_counter() - start) * 1e6
         totals: dict[str, float] = {}
+        by_name: dict[str, float] = {}
         for event in prof.events():
             if event.device_type != torch.autograd.DeviceType.CUDA:
                 continue
             name = event.name.lower()
             kind = next((kind for kind, keys in KERNEL_KINDS if any(key in name for key in keys)), "other")
             totals[kind] = totals.get(kind, 0.0) + event.device_time_total
+            by_name[event.name] = by_name.get(event.name, 0.0) + event.device_time_total
     except Exception as err:  # a profiler that cannot run here must not cost the measurement
         return {"error": f"{type(err).__name__}: {err}"[:300]}
     busy = sum(totals.values())
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:20]
     return {"profiled_step_ms": round(wall_us / 1000, 2), "gpu_busy_share": round(busy / wall_us, 3),
-            "ms_by_kind": {kind: round(us / 1000, 2) for kind, us in sorted(totals.items(), key=lambda kv: -kv[1])}}
+            "ms_by_kind": {kind: round(us / 1000, 2) for kind, us in sorted(totals.items(), key=lambda kv: -kv[1])},
+            "top_kernels_ms": {name[:120]: round(us / 1000, 2) for name, us in top}}
 
 
 def release(device) -> None:
@@ -319,7 +400,6 @@ def main() -> int:
                              "reported under variants, beside the default configuration's 'ours'")
     args = parser.parse_args()
 
-    from whisper_trainer import kernels
     from whisper_trainer.parallel import pick_device_type
 
     kind = pick_device_type(args.device)
@@ -340,10 +420,11 @@ def main() -> int:
             "basic_parameters": {"dataset_name_or_path": str(workdir), "language": "en"},
             "preprocess_parameters": {"processor_name_or_path": str(workdir)}}}))
         variants = dict(parse_variant(text) for text in args.variant)
+        defaults = sdp_switches()
         ours_step, device, trainer = our_step(workdir / "model.json", workdir / "data.json", batch, args, kind,
                                               workdir)
         progress(f"ours set up on {device}")
-        attention = (kernels.time_attention_backends(model_fields, args.micro_batch, args.target_tokens, device)
+        attention = (time_attention_backends(model_fields, args.micro_batch, args.target_tokens, device)
                      if device.type == "cuda" else None)
         facts: dict[str, dict] = {"ours": {"attention_backend": trainer.attention_backend}}
         if attention:
@@ -370,6 +451,7 @@ def main() -> int:
                          f"{1000 * sum(variant_times[name]) / len(variant_times[name]):.1f} ms")
                 del step, trainer
                 release(device)
+                restore_sdp_switches(defaults)
             baseline = baseline_step(model_fields, batch, args, device)
             base_times = time_steps(baseline, device, args.warmup, args.steps)
             facts["baseline"] = loop_facts(device)

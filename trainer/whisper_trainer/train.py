@@ -95,10 +95,7 @@ class Trainer:
                      "x accumulation %d, %s", count_parameters(model) / 1e6, mode, env.device.type,
                      env.world_size, env.node_rank, self.global_batch, cfg.training.micro_batch_size,
                      env.world_size, self.accumulation, "bf16 mixed precision" if cfg.training.bf16 else "fp32")
-        chosen = (kernels.choose_attention(cfg.parallel.attention_backend, env.device, cfg.model.fields,
-                                           cfg.training.micro_batch_size, cfg.training.max_label_tokens)
-                  if env.is_main else None)
-        self.attention_backend = parallel.broadcast_object(env, chosen)  # every rank runs the same kernels
+        self.attention_backend = kernels.choose_attention(cfg.parallel.attention_backend, env.device)
         kernels.restrict_attention(self.attention_backend)
         kernels.tune_convolutions(env.device)
         self.model = parallel.wrap_model(model, env, cfg.parallel.strategy, cfg.training.bf16)
