@@ -88,6 +88,22 @@ def test_prepared_batches_in_worker_processes_equal_streaming(broken_source, pre
     assert torch.equal(got["input_features"], expected["input_features"])
 
 
+def test_compact_batches_expand_to_the_padded_batch(broken_source, prepared, processor_dir):
+    """build_dataloader(compact_features=True): signal frames + tail values, expanded where the trainer wants."""
+    from whisper_trainer.data.features import expand_features
+
+    out, _ = prepared
+    dense = next(iter(loader(broken_source, processor_dir, micro_batch_size=3)))
+    for root in (broken_source, out):
+        compact = next(iter(loader(root, processor_dir, micro_batch_size=3, compact_features=True)))
+        assert "input_features" not in compact
+        assert compact["input_frames"].shape == (128, int(compact["frame_lengths"].sum()))
+        assert compact["input_frames"].shape[1] < 3 * 3000 / 4  # ~2 s clips: a fraction of the padded window
+        expanded = expand_features(compact, 3000, device="cpu")
+        assert expanded["paths"] == dense["paths"] and torch.equal(expanded["labels"], dense["labels"])
+        assert torch.equal(expanded["input_features"], dense["input_features"])
+
+
 def test_only_signal_frames_are_stored_and_rebuild_the_extractor_features(broken_source, prepared, processor_dir):
     import librosa
     from transformers import WhisperFeatureExtractor

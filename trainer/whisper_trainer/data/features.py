@@ -109,8 +109,30 @@ class CompactFeatures(NamedTuple):
     lengths: list[int]
     pad_values: list[float]  # float32 values: every frame past a clip's length equals it in every mel bin
 
+    def as_batch(self) -> dict:
+        """The batch entries of a compact batch (``build_dataloader(compact_features=True)``)."""
+        import torch
 
-def assemble(clip_frames, pad_values: list[float], n_frames: int):
+        return {"input_frames": self.frames, "frame_lengths": torch.tensor(self.lengths),
+                "pad_values": torch.tensor(self.pad_values, dtype=torch.float32)}
+
+
+def expand_features(batch: dict, n_frames: int, device=None) -> dict:
+    """Turn a compact batch into the usual ``input_features`` [B, n_mels, n_frames], on ``device``.
+
+    Built on the accelerator, the padded batch costs the data workers nothing (writing its 12 MB is a fifth to
+    a quarter of the log-mel time on a CPU core) and the host-to-device copy carries ~6 s / 30 s of the bytes.
+    """
+    frames = batch.pop("input_frames")
+    if device is not None:
+        frames = frames.to(device, non_blocking=True)
+    lengths = batch.pop("frame_lengths").tolist()
+    pad_values = batch.pop("pad_values").tolist()
+    batch["input_features"] = assemble(frames.split(lengths, dim=1), pad_values, n_frames, device=device)
+    return batch
+
+
+def assemble(clip_frames, pad_values: list[float], n_frames: int, device=None):
     """FloatTensor[B, n_mels, n_frames] from each clip's frames [n_mels, T] and its tail value.
 
     In a dataloader worker the batch is written straight into shared memory: torch would otherwise copy the
@@ -121,8 +143,8 @@ def assemble(clip_frames, pad_values: list[float], n_frames: int):
 
     n_mels = clip_frames[0].shape[0]
     shape = (len(clip_frames), n_mels, n_frames)
-    if get_worker_info() is None:
-        features = torch.empty(shape)
+    if device is not None or get_worker_info() is None:
+        features = torch.empty(shape, device=device)
     else:
         storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
         features = torch.empty(0).set_(storage, 0, shape)

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from whisper_k8s.errors import UserError
 from whisper_trainer.data.catalog import Catalog, MemberLocation
-from whisper_trainer.data.features import assemble
+from whisper_trainer.data.features import CompactFeatures, assemble
 from whisper_trainer.data.stream import SampleReader
 
 FORMAT = "whisper-k8s-prepared-features"
@@ -229,6 +230,10 @@ class PreparedSources:
         return PreparedSampleReader(self.catalog, settings, skipped)
 
     def featurizer(self, settings):
+        if settings.compact_features:
+            return lambda inputs: CompactFeatures(torch.cat([frames for frames, _ in inputs], dim=1),
+                                                  [frames.shape[1] for frames, _ in inputs],
+                                                  [pad for _, pad in inputs]).as_batch()
         return lambda inputs: assemble([frames for frames, _ in inputs], [pad for _, pad in inputs], settings.n_frames)
 
 
@@ -236,8 +241,6 @@ class PreparedSampleReader(SampleReader):
     """One pread per sample: its frames [n_mels, T] (a tensor over the read buffer) and its label ids."""
 
     def _load(self, index: int):
-        import torch
-
         catalog = self.catalog
         if self._too_many_tokens(index, catalog.label_counts[index]):
             return None

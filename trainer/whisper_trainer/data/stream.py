@@ -60,6 +60,7 @@ class StreamSettings:
     streams_per_rank: int
     return_paths: bool = False
     n_frames: int = N_FRAMES  # the model's window: 2 x max_source_positions
+    compact_features: bool = False  # batches carry signal frames + tail values (features.expand_features)
 
     @property
     def consumers(self) -> int:
@@ -91,7 +92,8 @@ class StreamSources:
         return AudioSampleReader(self, settings, skipped)
 
     def featurizer(self, settings: StreamSettings):
-        return LogMel(self.filters, settings.n_frames)
+        log_mel = LogMel(self.filters, settings.n_frames)
+        return (lambda waveforms: log_mel.compact(waveforms).as_batch()) if settings.compact_features else log_mel
 
 
 class SampleReader:
@@ -164,13 +166,15 @@ class AudioSampleReader(SampleReader):
 
 
 def collate(feature_inputs, label_lists, featurize) -> dict:
-    """Batch dict: features [B, n_mels, n_frames] and labels padded with -100 (the model shifts them itself)."""
+    """Batch dict: features [B, n_mels, n_frames] (or their compact entries) and labels padded with -100 (the
+    model shifts them itself)."""
     longest = max(len(labels) for labels in label_lists)
     labels = np.full((len(label_lists), longest), IGNORE_INDEX, dtype=np.int64)
     for row, ids in enumerate(label_lists):
         labels[row, : len(ids)] = ids
-    return {"input_features": featurize(feature_inputs), "labels": torch.from_numpy(labels),
-            "num_samples": len(label_lists)}
+    features = featurize(feature_inputs)
+    batch = features if isinstance(features, dict) else {"input_features": features}
+    return {**batch, "labels": torch.from_numpy(labels), "num_samples": len(label_lists)}
 
 
 def stream_batches(sources: StreamSources, settings: StreamSettings, stream: int, position: dict):
