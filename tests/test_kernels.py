@@ -119,7 +119,21 @@ def test_compile_under_fsdp2_keeps_its_hooks_outside_the_graph(tmp_path):
         dist.destroy_process_group()
 
 
-def test_compile_auto_is_cuda_only_and_bad_choices_name_the_flag():
+def test_without_a_compiler_auto_trains_eagerly_and_on_names_what_to_install(monkeypatch, caplog):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    for variable in ("CC", "CXX"):
+        monkeypatch.delenv(variable, raising=False)
+    assert kernels.missing_build_tools(torch.device("cuda")).startswith("no C compiler (cc / gcc / clang")
+    assert kernels.compile_wanted("auto", torch.device("cuda")) is False
+    assert "training eagerly" in caplog.text
+    with pytest.raises(UserError, match=r"--compile on: .*no C\+\+ compiler .*use --compile off"):
+        kernels.compile_wanted("on", torch.device("cpu"))
+    monkeypatch.setenv("CXX", "/usr/bin/g++")  # an explicit compiler counts, as Inductor reads it
+    assert "compiler" not in (kernels.missing_build_tools(torch.device("cpu")) or "")
+
+
+def test_compile_auto_is_cuda_only_and_bad_choices_name_the_flag(monkeypatch):
+    monkeypatch.setattr(kernels, "missing_build_tools", lambda device: None)  # a machine that can build kernels
     assert kernels.compile_wanted("auto", torch.device("cuda")) is True
     assert kernels.compile_wanted("auto", torch.device("cpu")) is False
     assert kernels.compile_wanted("on", torch.device("cpu")) is True

@@ -16,6 +16,11 @@ and on CPU the compile time outweighs a short run's gain.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
 
 import torch
 
@@ -26,9 +31,33 @@ log = logging.getLogger(__name__)
 
 
 def compile_wanted(setting: str, device: torch.device) -> bool:
+    """Whether to compile. ``auto`` on a machine that cannot build kernels trains eagerly, saying why;
+    ``on`` there is an error that names what to install."""
     if setting not in COMPILE_CHOICES:
         raise UserError(f"--compile {setting}: choose {', '.join(COMPILE_CHOICES)}")
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    wanted = setting == "on" or (setting == "auto" and device.type == "cuda")
+    missing = missing_build_tools(device) if wanted else None
+    if missing and setting == "on":
+        raise UserError(f"--compile on: torch.compile cannot build kernels here: {missing}; install it in the "
+                        "image or use --compile off")
+    if missing:
+        log.warning("compile: off, torch.compile cannot build kernels here (%s); training eagerly (slower)", missing)
+        return False
+    return wanted
+
+
+def missing_build_tools(device: torch.device) -> str | None:
+    """What Inductor needs to build kernels and is not here: Triton (CUDA) compiles a small C launcher against
+    Python's headers, the CPU backend C++; slim runtime images often have neither."""
+    needs = ("CC", ("cc", "gcc", "clang")) if device.type == "cuda" else ("CXX", ("c++", "g++", "clang++"))
+    variable, names = needs
+    problems = []
+    if not (os.environ.get(variable) or any(shutil.which(name) for name in names)):
+        problems.append(f"no {'C' if variable == 'CC' else 'C++'} compiler ({' / '.join(names)}, or ${variable})")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        problems.append(f"no Python headers (Python.h, the python{sys.version_info[0]}.{sys.version_info[1]}-dev "
+                        "package)")
+    return " and ".join(problems) or None
 
 
 def compile_layers(layers: list[torch.nn.Module], backend: str = "inductor") -> None:
