@@ -159,6 +159,10 @@ def test_mindspeed_mm_engine_runs_upstream_script_with_seed_arguments():
     assert "--parallel" not in args and "--device" not in args  # native-only flags
     env = env_of(container)
     assert env["CUDA_DEVICE_MAX_CONNECTIONS"] == "1" and env["PYTHONPATH"] == "/opt/MindSpeed-MM"
+    # The lengths Megatron checks against model.json follow the preset (the demo's encoder is shorter).
+    demo = main_container(the(render({**values, "model": {"preset": "demo"}}), "PyTorchJob"))["args"]
+    assert demo[demo.index("--max-position-embeddings") + 1] == "250"
+    assert demo[demo.index("--seq-length") + 1] == "448"
 
 
 def test_seed_environment_defaults_on_ascend_only():

@@ -111,7 +111,9 @@ exit "$code"
 - --split
 - {{ .Values.data.split | quote }}
 {{- else }}
-{{- /* The seed's pretrain_whisper.sh arguments that the values above do not cover. */}}
+{{- /* The seed's pretrain_whisper.sh arguments that the values above do not cover; the two lengths come
+       from model.json (448 and 1500 for every released Whisper size), which Megatron checks them against. */}}
+{{- $model := include "whisper.modelJson" . | fromJson }}
 - --tensor-model-parallel-size
 - "1"
 - --pipeline-model-parallel-size
@@ -119,9 +121,9 @@ exit "$code"
 - --context-parallel-size
 - "1"
 - --seq-length
-- "448"
+- {{ int64 $model.max_target_positions | quote }}
 - --max-position-embeddings
-- "1500"
+- {{ int64 $model.max_source_positions | quote }}
 - --use-distributed-optimizer
 - --overlap-grad-reduce
 - --overlap-param-gather
