@@ -117,3 +117,13 @@ def test_written_values_round_trip_and_leave_no_temp_files(tmp_path):
     assert path == tmp_path / "job-a" / "values.yaml"
     assert yaml.safe_load(path.read_text()) == built == values.load_values_file(path)
     assert [p.name for p in path.parent.iterdir()] == ["values.yaml"]
+
+
+def test_written_values_keep_their_types_when_helm_reads_them(tmp_path, echo_chart, helm_bin):
+    """Helm parses YAML 1.1, where a bare n or y is a boolean: a job named "n" must stay a string."""
+    written = {"fullnameOverride": "n", "a": ["y", "N", "yes", "off", "010", "1e3", ".5", "0x1F", "1_000", "12:30",
+                                              "inf", "~", "", "whisper-n", "3.10"], "b": 1, "c": True, "d": 1e-5}
+    path = values.write_values(written, tmp_path / "values.yaml")
+    out = subprocess.run([helm_bin, "template", "x", str(echo_chart), "-f", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert json.loads(next(line for line in out.splitlines() if line.startswith("values: "))[8:]) == written

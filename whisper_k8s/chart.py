@@ -116,10 +116,12 @@ def render(values: dict, release: str, namespace: str = "default") -> list[dict]
     """
     import yaml
 
+    from whisper_k8s.values import to_helm_yaml
+
     validate_values(values)
     with tempfile.TemporaryDirectory(prefix="whisper-values-") as tmp:
         values_file = Path(tmp) / "values.yaml"
-        values_file.write_text(yaml.safe_dump(values, sort_keys=False))
+        values_file.write_text(to_helm_yaml(values))
         cmd = [helm_binary(), "template", release, str(chart_dir()), "--namespace", namespace,
                "--values", str(values_file)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
