@@ -193,7 +193,9 @@ def generate_tokens(model, processor, windows: Sequence[np.ndarray], prompts: li
     room = model.config.max_target_positions - prompt.shape[1]
     wanted = max_new_tokens or model.config.max_target_positions // 2
     config = GenerationConfig(
-        max_new_tokens=min(room, wanted),
+        # A total length, not max_new_tokens: the model's own generation_config carries max_length, and giving
+        # both makes transformers warn on every batch. The prompt is the same length in every row.
+        max_length=prompt.shape[1] + min(room, wanted),
         num_beams=num_beams,
         do_sample=False,
         eos_token_id=end,
