@@ -148,7 +148,7 @@ def our_step(model_json: Path, data_json: Path, batch, args, device_kind: str, w
             "--micro-batch-size", str(args.micro_batch), "--lr", "1e-5", "--clip-grad", "1.0",
             "--train-iters", "1000", "--device", device_kind, "--metrics-file", str(workdir / "m.jsonl")]
     cfg = parse_args(argv + (["--bf16"] if args.bf16 else []) + list(extra_flags), check_files=False)
-    env = parallel.init_distributed(device_kind)
+    env = parallel.init_distributed(device_kind, group_for_one=cfg.parallel.strategy == "fsdp")
     trainer = Trainer(cfg, env, loader_factory=lambda c, e: SameBatch(batch))
     trainer.setup()
     batches = iter(trainer.loader)
@@ -326,7 +326,9 @@ def release(device) -> None:
     Dynamo's cache is reset too: it does not guard on the SDPA backend switches, so without the reset a
     variant with another backend would silently reuse the previous loop's graphs."""
     import torch
+    from whisper_trainer import parallel
 
+    parallel.shutdown()  # a --parallel fsdp loop made a process group of one; the next loop must not see it
     torch._dynamo.reset()
     gc.collect()
     if device.type != "cpu":

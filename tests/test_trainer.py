@@ -122,6 +122,20 @@ def fsdp_run(tmp_path_factory, configs):
     return save
 
 
+@pytest.fixture(scope="module")
+def single_fsdp_bf16_run(tmp_path_factory, configs):
+    """One process (no torchrun), --parallel fsdp --bf16: stopped at 2 by --exit-interval, then resumed to 4."""
+    save = tmp_path_factory.mktemp("single-fsdp") / "checkpoints"
+    command = trainer_command(*configs, save, "--parallel", "fsdp", "--bf16", "--exit-interval", "2")
+    command = [PYTHON, "-m", "whisper_trainer"] + command[command.index("--module") + 2:]  # no torchrun
+    logs = []
+    for _ in range(2):
+        proc = subprocess.run(command, env=run_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        logs.append(proc.stdout + proc.stderr)
+    return save, logs
+
+
 def final_model(save: Path) -> dict:
     return megatron.load_file(megatron.resolve_model_file(save))["model"]
 
@@ -187,3 +201,16 @@ def test_fsdp_matches_ddp_and_saves_sharded_optimizer_beside_full_model(full_run
     assert list(ckpt["model"]) == list(expected_mm_shapes(json.loads(PRESET.read_text())))
     assert ckpt["optimizer"]["format"] == "torch.distributed.checkpoint"
     assert (iter_dir / "whisper_k8s" / "optimizer" / ".metadata").is_file()
+
+
+def test_single_process_fsdp_trains_in_bf16_with_fp32_master_weights(full_run, single_fsdp_bf16_run):
+    """FSDP2 needs a process group: one process gets a group of one, so bf16 applies (it used to train in fp32)."""
+    save, (first, second) = single_fsdp_bf16_run
+    assert "fsdp on cpu x1" in first and "bf16 mixed precision" in first
+    assert "(iteration 2)" in second and megatron.read_tracker(save) == 4  # resumed from the sharded state
+    fp32_first = [r["loss"] for r in metrics(full_run[0].parent / "metrics.jsonl") if "loss" in r][0]
+    bf16_first = [r["loss"] for r in metrics(save.parent / "metrics.jsonl") if "loss" in r][0]
+    assert 1e-5 < abs(bf16_first - fp32_first) / fp32_first < 5e-2  # same step in bf16: close, not equal
+    ckpt = megatron.load_file(megatron.resolve_model_file(save))
+    assert {v.dtype for v in ckpt["model"].values()} == {torch.float32}  # the master weights are saved
+    assert ckpt["optimizer"]["format"] == "torch.distributed.checkpoint"

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None, loader_factory=None) -> int:
     from whisper_trainer.train import Trainer, default_loader_factory
 
     try:
-        env = parallel.init_distributed(cfg.parallel.device, cfg.parallel.timeout_minutes)
+        env = parallel.init_distributed(cfg.parallel.device, cfg.parallel.timeout_minutes,
+                                        group_for_one=cfg.parallel.strategy == "fsdp")
     except WhisperK8sError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

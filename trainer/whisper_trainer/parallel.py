@@ -73,8 +73,12 @@ def _env_int(*names: str, default: int = 0) -> int:
     return default
 
 
-def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistEnv:
+def init_distributed(device: str = "auto", timeout_minutes: int = 30, group_for_one: bool = False) -> DistEnv:
     """Join the process group torchrun described, or run as a single process when there is none.
+
+    ``group_for_one``: a single process still gets a process group of one (an in-memory store, no network),
+    for FSDP2, which needs one: ``--parallel fsdp`` on one GPU then trains as it does on many (bf16 compute,
+    fp32 master weights and gradient reduction) instead of silently in fp32.
 
     Under the training operator RANK in the pod is the node rank, but torchrun (driven by the PET_*
     variables) sets RANK to the global process rank for its child, which is what is read here. The node rank
@@ -90,6 +94,9 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistEnv
     else:
         dev = torch.device(kind, local_rank)
         getattr(torch, kind).set_device(dev)
+    if world_size == 1 and group_for_one and not dist.is_initialized():
+        dist.init_process_group(backend=BACKENDS[kind], store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=dev if kind == "cuda" else None)
     if world_size > 1 and not dist.is_initialized():
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if name not in os.environ:

@@ -106,7 +106,7 @@ class Trainer:
                 log.info("initialised from %s", cfg.model.ckpt_path)
         self.hf_config = model.config
         if env.is_main:
-            mode = cfg.parallel.strategy if env.world_size > 1 else "single process"
+            mode = cfg.parallel.strategy if env.initialized else "single process"
             log.info("model: %.1fM parameters, %s on %s x%d (node %d), global batch %d = micro %d x world %d "
                      "x accumulation %d, %s", count_parameters(model) / 1e6, mode, env.device.type,
                      env.world_size, env.node_rank, self.global_batch, cfg.training.micro_batch_size,
