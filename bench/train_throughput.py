@@ -40,6 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "train_throughput.json"  # GPU/NPU figures: the ones issue 8 targets
 RESULTS_CPU = ROOT / "bench" / "results" / "train_throughput.cpu.json"  # CPU runs do not overwrite them
+# What a GPU/NPU run times beside the default: what compiling brings, and FSDP2's bf16 parameters with fp32
+# master weights (the candidate next default, see README).
+ACCELERATOR_VARIANTS = ("eager:--compile=off", "fsdp:--parallel=fsdp")
 PRESETS = ROOT / "helm" / "files" / "model-presets"
 sys.path[:0] = [str(ROOT), str(ROOT / "trainer")]
 
@@ -404,9 +407,10 @@ def main() -> int:
     parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 (default on CPU)")
     parser.add_argument("--output", type=Path, default=None,
                         help=f"default: {RESULTS.relative_to(ROOT)} on GPU/NPU, {RESULTS_CPU.relative_to(ROOT)} on CPU")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:FLAGS",
-                        help="also time our trainer with extra flags, e.g. 'eager:--compile off' (repeatable); "
-                             "reported under variants, beside the default configuration's 'ours'")
+    parser.add_argument("--variant", action="append", default=None, metavar="NAME:FLAGS",
+                        help="also time our trainer with extra flags, e.g. 'eager:--compile=off' (repeatable); "
+                             "reported under variants, beside the default configuration's 'ours'. Default on a "
+                             f"GPU/NPU: {' '.join(ACCELERATOR_VARIANTS)}; on CPU none")
     args = parser.parse_args()
 
     from whisper_trainer.parallel import pick_device_type
@@ -415,6 +419,8 @@ def main() -> int:
     accelerated = kind != "cpu"
     args.preset = args.preset or ("large-v3" if accelerated else "tiny")
     args.output = args.output or (RESULTS if accelerated else RESULTS_CPU)
+    if args.variant is None:
+        args.variant = list(ACCELERATOR_VARIANTS) if accelerated else []
     args.micro_batch = args.micro_batch or (8 if accelerated else 2)
     args.steps = args.steps or (10 if accelerated else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if accelerated else 1)
