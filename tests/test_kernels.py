@@ -132,6 +132,35 @@ def test_without_a_compiler_auto_trains_eagerly_and_on_names_what_to_install(mon
     assert "compiler" not in (kernels.missing_build_tools(torch.device("cpu")) or "")
 
 
+@pytest.mark.parametrize(("files", "cpus"), [
+    ({"cpu.max": "2400000 100000\n"}, 24),  # cgroup v2 with a 24-CPU limit
+    ({"cpu.max": "max 100000\n"}, None),  # v2 without a limit: the affinity
+    ({"cpu/cpu.cfs_quota_us": "800000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 8),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),  # no cgroup files at all
+])
+def test_usable_cpus_follow_the_containers_cpu_limit(tmp_path, monkeypatch, files, cpus):
+    monkeypatch.setattr(kernels.os, "sched_getaffinity", lambda pid: set(range(192)), raising=False)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert kernels.usable_cpus(tmp_path) == (cpus or 192)
+
+
+def test_compile_workers_are_shared_between_the_nodes_processes(tmp_path, monkeypatch):
+    """8 ranks in a 24-CPU pod on a 192-core node: 3 workers each, not Inductor's 32 each."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(kernels.os, "sched_getaffinity", lambda pid: set(range(192)), raising=False)
+    monkeypatch.setattr(inductor_config, "compile_threads", inductor_config.compile_threads)  # restored after
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    (tmp_path / "cpu.max").write_text("2400000 100000\n")
+    assert kernels.share_compile_workers(8, tmp_path) == 3 and inductor_config.compile_threads == 3
+    assert kernels.share_compile_workers(1, tmp_path) == 24
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "5")  # the user's choice is left alone
+    assert kernels.share_compile_workers(8, tmp_path) is None and inductor_config.compile_threads == 24
+
+
 def test_compile_auto_is_cuda_only_and_bad_choices_name_the_flag(monkeypatch):
     monkeypatch.setattr(kernels, "missing_build_tools", lambda device: None)  # a machine that can build kernels
     assert kernels.compile_wanted("auto", torch.device("cuda")) is True

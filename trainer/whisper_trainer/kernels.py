@@ -61,6 +61,45 @@ def missing_build_tools(device: torch.device) -> str | None:
     return " and ".join(problems) or None
 
 
+def share_compile_workers(local_world_size: int, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Give each trainer process of a node its share of the container's CPUs for Inductor's compile workers.
+
+    Inductor starts up to 32 worker processes (each a Python with torch loaded) per trainer process, counted
+    from the CPUs the process may be scheduled on, not from the container's CPU limit: 8 ranks on a large
+    node would start hundreds at once and can run the pod out of memory before the first step. An explicit
+    TORCHINDUCTOR_COMPILE_THREADS is left alone. Returns the number set (None when left alone).
+    """
+    if "TORCHINDUCTOR_COMPILE_THREADS" in os.environ:
+        return None
+    workers = max(1, min(32, usable_cpus(cgroup_root) // max(1, local_world_size)))
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = workers
+    log.info("compile: %d compile worker(s) for this process (%d per node)", workers, local_world_size)
+    return workers
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this container may use: its CPU limit (the CFS quota, cgroup v2 or v1) when set, else its affinity."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cpu_quota(cgroup_root)
+    return max(1, min(affinity, int(quota))) if quota else affinity
+
+
+def _cpu_quota(root: Path) -> float | None:
+    try:
+        if (root / "cpu.max").is_file():  # cgroup v2: "<quota> <period>" or "max <period>"
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = root / "cpu"
+        if (v1 / "cpu.cfs_quota_us").is_file():  # cgroup v1: -1 means no limit
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            return None if quota <= 0 else quota / int((v1 / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def compile_layers(layers: list[torch.nn.Module], backend: str = "inductor") -> None:
     """Compile each transformer layer's ``forward`` in place (``fullgraph``: a graph break is a bug to see).
 

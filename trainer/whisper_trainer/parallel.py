@@ -28,13 +28,14 @@ BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 
 @dataclass
 class DistEnv:
-    """Where this process sits: global rank, world size, local rank, node rank, and its device."""
+    """Where this process sits: global rank, world size, local rank, node rank, its device, processes per node."""
 
     rank: int
     world_size: int
     local_rank: int
     node_rank: int
     device: torch.device
+    local_world_size: int = 1  # processes on this node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -106,7 +107,8 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30, group_for_
             timeout=datetime.timedelta(minutes=timeout_minutes),
             device_id=dev if kind == "cuda" else None,  # binds NCCL to the GPU; HCCL picks set_device
         )
-    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, node_rank=node_rank, device=dev)
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, node_rank=node_rank, device=dev,
+                   local_world_size=_env_int("LOCAL_WORLD_SIZE", default=1))
 
 
 def shutdown() -> None:

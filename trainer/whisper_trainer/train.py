@@ -117,6 +117,8 @@ class Trainer:
         self.model = parallel.wrap_model(model, env, cfg.parallel.strategy, cfg.training.bf16)
         compiled = kernels.compile_wanted(cfg.parallel.compile, env.device)
         if compiled:
+            if self.compile_backend == "inductor":
+                kernels.share_compile_workers(env.local_world_size)
             kernels.compile_layers(parallel.transformer_layers(parallel.unwrap(self.model)), self.compile_backend)
         self.cross_entropy = kernels.cross_entropy_for(compiled, self.compile_backend)
         lifecycle.info("joined: rank %d of %d (local rank %d on node %d), device %s", env.rank, env.world_size,
