@@ -62,6 +62,11 @@ class ModelConfig:
         return int(self.fields["num_mel_bins"])
 
     @property
+    def n_frames(self) -> int:
+        """The encoder's input length in mel frames: 2 x max_source_positions (conv2 has stride 2)."""
+        return 2 * int(self.fields["max_source_positions"])
+
+    @property
     def dtype(self) -> str:
         return DTYPE_NAMES[self.fields.get("torch_dtype", "float32")]
 

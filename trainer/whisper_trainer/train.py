@@ -59,7 +59,7 @@ def default_loader_factory(cfg: TrainerConfig, env: parallel.DistEnv):
         micro_batch_size=cfg.training.micro_batch_size, num_workers=cfg.training.num_workers,
         seed=cfg.training.seed, shuffle=cfg.data.shuffle, max_label_tokens=cfg.training.max_label_tokens,
         task=cfg.data.task, pin_memory=cfg.data.pin_memory and env.device.type != "cpu",
-        n_frames=2 * int(cfg.model.fields["max_source_positions"]),  # the encoder input length (conv stride 2)
+        n_frames=cfg.model.n_frames,
         compact_features=True,  # padded to 30 s on the device (features_on_device), not by the data workers
     )
 
@@ -90,7 +90,6 @@ class Trainer:
         self.consumed_samples = 0
         self.iteration_ms: list[float] = []
         self.stop = StopRequest()
-        self.n_frames = 2 * int(cfg.model.fields["max_source_positions"])  # the encoder's input length
         self.compile_backend = "inductor"  # tests use "aot_eager": the same capture without code generation
         self.metrics = MetricsWriter(cfg.metrics.metrics_file, cfg.metrics.tensorboard_dir, enabled=env.is_main)
 
@@ -170,7 +169,7 @@ class Trainer:
             waited = time.perf_counter()
             batch = next(batches)
             watch.waited(time.perf_counter() - waited)
-            features = features_on_device(batch, self.n_frames, env.device)
+            features = features_on_device(batch, self.cfg.model.n_frames, env.device)
             labels = batch["labels"].to(env.device, non_blocking=True)
             with parallel.gradient_sync(self.model, enabled=micro == self.accumulation - 1):
                 with parallel.autocast(env.device, t.bf16, self.cfg.parallel.strategy):
