@@ -189,6 +189,16 @@ def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def timed_loop(name: str, step, device, args, facts: dict, profile: bool = False) -> list[float]:
+    """Time ``step`` (warm-up, then timed steps), add what the loop used to ``facts[name]``, and report it."""
+    times = time_steps(step, device, args.warmup, args.steps)
+    facts.setdefault(name, {}).update(loop_facts(device))
+    if profile:
+        facts[name]["kernels"] = kernel_time_by_kind(step, device)
+    progress(f"{name}: {facts[name]}, mean step {1000 * sum(times) / len(times):.1f} ms")
+    return times
+
+
 def loop_facts(device) -> dict:
     """What the loop just timed used: peak device memory, and the graphs torch.compile captured (recompiles show
     as more graphs than layer kinds). Resets both for the next loop."""
@@ -242,7 +252,7 @@ def time_attention_backends(fields: dict, batch: int, target_tokens: int, device
         for name, backend in backends.items():
             try:
                 with sdpa_kernel([backend]):
-                    timings.setdefault(shape, {})[name] = _time_ms(
+                    timings.setdefault(shape, {})[name] = cuda_event_ms(
                         functools.partial(_attention_step, q, k, v, causal), device, repeats)
             except RuntimeError as err:
                 timings.setdefault(shape, {})[name] = f"not available: {str(err).splitlines()[0][:160]}"
@@ -255,7 +265,8 @@ def _attention_step(q, k, v, causal: bool) -> None:
     torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal).sum().backward()
 
 
-def _time_ms(work, device, repeats: int) -> float:
+def cuda_event_ms(work, device, repeats: int) -> float:
+    """Mean milliseconds of ``work`` on the GPU (CUDA events), after three untimed calls."""
     import torch
 
     for _ in range(3):
@@ -280,7 +291,6 @@ def sdp_switches() -> dict[str, bool]:
 
 
 def restore_sdp_switches(saved: dict[str, bool]) -> None:
-    """A variant's --attention-backend is process-wide: the next loop (the baseline) gets PyTorch's defaults."""
     import torch
 
     for name, enabled in saved.items():
@@ -323,15 +333,16 @@ def kernel_time_by_kind(step, device) -> dict | None:
             "top_kernels_ms": {name[:120]: round(us / 1000, 2) for name, us in top}}
 
 
-def release(device) -> None:
-    """Free a finished loop's model, optimizer state and compiled code before the next one is built.
-
-    Dynamo's cache is reset too: it does not guard on the SDPA backend switches, so without the reset a
-    variant with another backend would silently reuse the previous loop's graphs."""
+def release(device, sdp_defaults: dict[str, bool]) -> None:
+    """Undo what a finished loop leaves behind before the next one is built: its model, optimizer state and
+    compiled code, a process group of one (``--parallel fsdp``), and an ``--attention-backend`` restriction,
+    which is process-wide. Dynamo's cache is reset too: it does not guard on the SDPA switches, so a variant
+    with another backend would otherwise silently reuse the previous loop's graphs."""
     import torch
     from whisper_trainer import parallel
 
-    parallel.shutdown()  # a --parallel fsdp loop made a process group of one; the next loop must not see it
+    parallel.shutdown()
+    restore_sdp_switches(sdp_defaults)
     torch._dynamo.reset()
     gc.collect()
     if device.type != "cpu":
@@ -345,15 +356,7 @@ def matmul_peak(device, size: int = 8192, repeats: int = 10) -> float | None:
     import torch
 
     a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        a @ b
-    end.record()
-    torch.cuda.synchronize(device)
-    return 2 * size ** 3 * repeats / (start.elapsed_time(end) / 1000)
+    return 2 * size ** 3 / (cuda_event_ms(lambda: a @ b, device, repeats) / 1000)
 
 
 def machine(device) -> dict:
@@ -452,27 +455,18 @@ def main() -> int:
                                      device, args.warmup, args.steps)
             our_times, base_times = times["ours"], times["baseline"]
         else:  # large-v3 twice may not fit one card: one after the other, memory freed between
-            our_times = time_steps(ours_step, device, args.warmup, args.steps)
-            facts["ours"].update(loop_facts(device))
-            facts["ours"]["kernels"] = kernel_time_by_kind(ours_step, device)
-            progress(f"ours: {facts['ours']}, mean step {1000 * sum(our_times) / len(our_times):.1f} ms")
+            our_times = timed_loop("ours", ours_step, device, args, facts, profile=True)
             del ours_step, trainer
-            release(device)
+            release(device, defaults)
             for name, flags in variants.items():
                 step, _, trainer = our_step(workdir / "model.json", workdir / "data.json", batch, args, kind,
                                             workdir / name, flags)
-                variant_times[name] = time_steps(step, device, args.warmup, args.steps)
-                facts[name] = {"attention_backend": trainer.attention_backend, **loop_facts(device)}
-                progress(f"{name}: {facts[name]}, mean step "
-                         f"{1000 * sum(variant_times[name]) / len(variant_times[name]):.1f} ms")
+                facts[name] = {"attention_backend": trainer.attention_backend}
+                variant_times[name] = timed_loop(name, step, device, args, facts)
                 del step, trainer
-                release(device)
-                restore_sdp_switches(defaults)
-            baseline = baseline_step(model_fields, batch, args, device)
-            base_times = time_steps(baseline, device, args.warmup, args.steps)
-            facts["baseline"] = loop_facts(device)
-            facts["baseline"]["kernels"] = kernel_time_by_kind(baseline, device)
-            progress(f"baseline: {facts['baseline']}, mean step {1000 * sum(base_times) / len(base_times):.1f} ms")
+                release(device, defaults)
+            base_times = timed_loop("baseline", baseline_step(model_fields, batch, args, device), device, args,
+                                    facts, profile=True)
 
     info = machine(device)
     flops = 3 * forward_flops_per_sample(model_fields, args.target_tokens)

@@ -50,8 +50,7 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 def missing_build_tools(device: torch.device) -> str | None:
     """What Inductor needs to build kernels and is not here: Triton (CUDA) compiles a small C launcher against
     Python's headers, the CPU backend C++; slim runtime images often have neither."""
-    needs = ("CC", ("cc", "gcc", "clang")) if device.type == "cuda" else ("CXX", ("c++", "g++", "clang++"))
-    variable, names = needs
+    variable, names = ("CC", ("cc", "gcc", "clang")) if device.type == "cuda" else ("CXX", ("c++", "g++", "clang++"))
     problems = []
     if not (os.environ.get(variable) or any(shutil.which(name) for name in names)):
         problems.append(f"no {'C' if variable == 'CC' else 'C++'} compiler ({' / '.join(names)}, or ${variable})")
