@@ -18,7 +18,6 @@ Everything is read with ``whisper_k8s.formats.megatron.load_file`` (``weights_on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from whisper_k8s.checksum import sha256_file
 from whisper_k8s.errors import UserError
 from whisper_k8s.formats import megatron
 from whisper_k8s.formats.mindspeed import check_mm_state
@@ -72,14 +72,6 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def _as_python_random_state(state) -> tuple:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -173,7 +165,7 @@ class CheckpointManager:
                 raise UserError(f"{rank_file(staging, rank)} is missing")
         manifest = {
             "iteration": iteration, "world_size": self.env.world_size, "strategy": self.strategy,
-            "files": {str(p.relative_to(staging)): sha256(p) for p in _files_under(staging)},
+            "files": {str(p.relative_to(staging)): sha256_file(p) for p in _files_under(staging)},
         }
         tmp = staging / EXTRAS_DIR / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
@@ -228,7 +220,7 @@ class CheckpointManager:
             path = iter_dir / rel
             if not path.is_file():
                 return f"{path} is missing"
-            if sha256(path) != digest:
+            if sha256_file(path) != digest:
                 return f"{path} is corrupt (checksum differs from the manifest)"
         if manifest["world_size"] != self.env.world_size:
             raise UserError(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisper_k8s.atomic import write_text
+from whisper_k8s.checksum import sha256_file
 from whisper_k8s.dataset import common_voice_layout as cv
 from whisper_k8s.errors import UserError
 
@@ -142,7 +143,7 @@ def source_identity(source: Path, languages: list[str], splits: list[str]) -> st
 
 def verified_shard(out: Path, job: tuple) -> dict | None:
     """The record of a shard written by an earlier run, if it is there whole (checksum and row count)."""
-    from whisper_trainer.data.prepared import sha256_file, shard_file
+    from whisper_trainer.data.prepared import shard_file
 
     lang, split, number, start, stop = job
     shard = out / shard_file(lang, split, number)
@@ -192,7 +193,7 @@ def _prepare_shard(job: tuple) -> tuple[dict, float]:
     seconds it took."""
     import torch
     from whisper_trainer.data.features import LogMel
-    from whisper_trainer.data.prepared import ShardWriter, sha256_file, shard_file
+    from whisper_trainer.data.prepared import ShardWriter, shard_file
     from whisper_trainer.data.stream import AudioSampleReader, StreamSettings, StreamSources
 
     started = time.process_time()

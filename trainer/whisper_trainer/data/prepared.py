@@ -72,14 +72,6 @@ def processor_identity(encoder, filters: np.ndarray) -> dict[str, str]:
     }
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ShardWriter:
     """Writes one shard to an open binary file: ``add`` per row in order, then ``finish``."""
 
