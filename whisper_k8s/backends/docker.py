@@ -53,6 +53,7 @@ from whisper_k8s.backends.local_plan import (
     config_map_files,
     container_env,
     expand_references,
+    main_container,
     volume_folder,
 )
 from whisper_k8s.errors import ClusterError, UserError
@@ -235,15 +236,12 @@ def build_plan(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path
         for container in spec.get("initContainers") or []:
             init_runs.append(run_arguments(container, replica, job, documents, job_path, init=True, devices=[],
                                            backoff_limit=backoff))
-        main = [c for c in spec.get("containers") or [] if c.get("name") == replica.container]
-        if not main:
-            raise UserError(f"pod {replica.pod_name} has no container named {replica.container!r}, which the "
-                            f"{job.operator} operator requires")
-        wanted = device_requests(main[0])
+        main = main_container(replica, job)
+        wanted = device_requests(main)
         devices = accelerator_arguments(wanted, next_device, runtimes, replica.pod_name)
         for resource, count in wanted.items():
             next_device[resource] = next_device.get(resource, 0) + count
-        main_runs.append(run_arguments(main[0], replica, job, documents, job_path, init=False, devices=devices,
+        main_runs.append(run_arguments(main, replica, job, documents, job_path, init=False, devices=devices,
                                        backoff_limit=backoff))
     owner = next((security_owner(r.pod_spec) for r in job.replicas if security_owner(r.pod_spec)), None)
     return {"name": job.name, "namespace": job.namespace, "network": network_name(job.name),

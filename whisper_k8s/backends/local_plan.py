@@ -214,17 +214,23 @@ def container_step(container: dict[str, Any], replica: Replica, job: OperatorJob
             "mounts": mounts}
 
 
+def main_container(replica: Replica, job: OperatorJob) -> dict[str, Any]:
+    """The pod's trainer container: the one the operator names (UserError when the pod has none by that name)."""
+    for container in replica.pod_spec.get("containers") or []:
+        if container.get("name") == replica.container:
+            return container
+    raise UserError(f"pod {replica.pod_name} has no container named {replica.container!r}, which the "
+                    f"{job.operator} operator requires")
+
+
 def replica_steps(replica: Replica, job: OperatorJob, documents: list[dict], job_path: Path,
                   address_variables: tuple[str, ...], port_variables: tuple[str, ...], python: str) -> list[dict[str, Any]]:
     spec = replica.pod_spec
     steps = [dict(container_step(c, replica, job, documents, job_path, {}, python), init=True)
              for c in spec.get("initContainers") or []]
-    main = [c for c in spec.get("containers") or [] if c.get("name") == replica.container]
-    if not main:
-        raise UserError(f"pod {replica.pod_name} has no container named {replica.container!r}, which the "
-                        f"{job.operator} operator requires")
     injected = localize_injected(replica.env, address_variables, port_variables)
-    steps.append(dict(container_step(main[0], replica, job, documents, job_path, injected, python), init=False))
+    steps.append(dict(container_step(main_container(replica, job), replica, job, documents, job_path, injected,
+                                     python), init=False))
     return steps
 
 
