@@ -127,3 +127,18 @@ def test_written_values_keep_their_types_when_helm_reads_them(tmp_path, echo_cha
     out = subprocess.run([helm_bin, "template", "x", str(echo_chart), "-f", str(path)], capture_output=True,
                          text=True, check=True).stdout
     assert json.loads(next(line for line in out.splitlines() if line.startswith("values: "))[8:]) == written
+
+
+def test_rendered_documents_keep_their_strings_for_go_parsers(tmp_path, echo_chart, helm_bin):
+    """The dry run's YAML (what `kubectl apply -f` reads) quotes what YAML 1.1 would misread, as values do."""
+    from whisper_k8s.backends.base import yaml_documents
+
+    document = {"metadata": {"name": "n", "labels": {"app.kubernetes.io/instance": "n", "tier": "on"}},
+                "data": {"model.json": "{\n  \"d_model\": 1280\n}\n", "port": "29500", "plain": "whisper-n"}}
+    text = yaml_documents([document])
+    assert "name: 'n'" in text and "model.json: |" in text  # quoted; multi-line kept as a readable block
+    path = tmp_path / "doc.yaml"
+    path.write_text(text.removeprefix("---\n"))  # Helm's own Go YAML parser reads it as a values file
+    out = subprocess.run([helm_bin, "template", "x", str(echo_chart), "-f", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert json.loads(next(line for line in out.splitlines() if line.startswith("values: "))[8:]) == document

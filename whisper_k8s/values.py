@@ -14,7 +14,6 @@ without a leading zero are integers, everything else (floats included) is a stri
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -265,39 +264,13 @@ def default_values_path(name: str, runs_dir: Path | str = "runs") -> Path:
     return Path(runs_dir) / name / "values.yaml"
 
 
-_YAML11_WORDS = frozenset({"y", "n", "yes", "no", "true", "false", "on", "off", "null", "~", ""})
-_YAML11_NUMBER = re.compile(r"[-+]?(0x[0-9a-f_]+|0o?[0-7_]+|0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)")
-
-
-def _not_a_string_to_helm(text: str) -> bool:
-    """Whether Helm's YAML 1.1 parser would read ``text`` written bare as a boolean, null or number.
-
-    PyYAML writes some of these bare (``n``, ``y``, ``1e3``) because its own resolver reads them as strings.
-    """
-    lowered = text.lower()
-    if lowered in _YAML11_WORDS or _YAML11_NUMBER.fullmatch(lowered):
-        return True
-    try:
-        float(lowered.replace("_", ""))
-    except ValueError:
-        return False
-    return True
-
-
 def to_helm_yaml(values: Mapping[str, Any]) -> str:
     """YAML that Helm reads back with the same types: a job named ``n`` stays the string "n", "1e3" a string."""
     import yaml
 
-    class HelmSafeDumper(yaml.SafeDumper):
-        pass
+    from whisper_k8s import goyaml
 
-    def represent_str(dumper: yaml.SafeDumper, data: str):
-        if _not_a_string_to_helm(data):
-            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'")
-        return yaml.SafeDumper.represent_str(dumper, data)
-
-    HelmSafeDumper.add_representer(str, represent_str)
-    return yaml.dump(dict(values), Dumper=HelmSafeDumper, sort_keys=False, default_flow_style=False)
+    return yaml.dump(dict(values), Dumper=goyaml.dumper(), sort_keys=False, default_flow_style=False)
 
 
 def write_values(values: Mapping[str, Any], path: Path | str) -> Path:

@@ -47,20 +47,15 @@ def yaml_documents(documents: list[dict[str, Any]]) -> str:
     """Render Kubernetes documents the way `helm template` and `kubectl apply -f` read them.
 
     Multi-line strings (model.json in the ConfigMap, shell scripts) are written as ``|`` blocks so that the
-    dry run stays readable.
+    dry run stays readable; strings Go's YAML 1.1 would misread (a release named ``n``) are quoted.
     """
     import yaml
 
-    class _Dumper(yaml.SafeDumper):
-        pass
+    from whisper_k8s import goyaml
 
-    def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
-        style = "|" if "\n" in text else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
-
-    _Dumper.add_representer(str, _str)
+    dumper = goyaml.dumper(block_multiline=True)
     return "".join(
-        "---\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
+        "---\n" + yaml.dump(doc, Dumper=dumper, sort_keys=False, default_flow_style=False, width=1000)
         for doc in documents
     )
 
