@@ -6,8 +6,10 @@ vocabulary); nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,28 @@ def helm_bin() -> str:
     if not Path(helm).exists():
         pytest.fail("helm is not installed: run `make setup` (it installs a pinned Helm v4 into .tools/bin)")
     return helm
+
+
+@pytest.fixture(scope="session")
+def echo_chart(tmp_path_factory) -> Path:
+    """A throwaway chart whose only template prints .Values as JSON: what helm itself made of its input."""
+    root = tmp_path_factory.mktemp("echo")
+    (root / "templates").mkdir()
+    (root / "Chart.yaml").write_text("apiVersion: v2\nname: echo\nversion: 0.1.0\n")
+    (root / "templates" / "values.yaml").write_text("values: {{ toJson .Values }}\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def go_yaml_read(helm_bin, echo_chart):
+    """Read a YAML mapping file the way Helm and kubectl do (Go, YAML 1.1), through Helm as a values file."""
+
+    def read(path: Path) -> dict:
+        out = subprocess.run([helm_bin, "template", "x", str(echo_chart), "-f", str(path)], capture_output=True,
+                             text=True, check=True).stdout
+        return json.loads(next(line for line in out.splitlines() if line.startswith("values: "))[8:])
+
+    return read
 
 
 @pytest.fixture(scope="session")

@@ -18,16 +18,6 @@ SET_CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def echo_chart(tmp_path_factory):
-    """A throwaway chart whose only template prints .Values as JSON: what helm itself made of --set."""
-    root = tmp_path_factory.mktemp("echo")
-    (root / "templates").mkdir()
-    (root / "Chart.yaml").write_text("apiVersion: v2\nname: echo\nversion: 0.1.0\n")
-    (root / "templates" / "values.yaml").write_text("values: {{ toJson .Values }}\n")
-    return root
-
-
 def helm_values(helm_bin, chart_dir, sets, set_strings=()):
     args = [helm_bin, "template", "x", str(chart_dir)]
     args += [a for s in sets for a in ("--set", s)] + [a for s in set_strings for a in ("--set-string", s)]
@@ -119,17 +109,14 @@ def test_written_values_round_trip_and_leave_no_temp_files(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["values.yaml"]
 
 
-def test_written_values_keep_their_types_when_helm_reads_them(tmp_path, echo_chart, helm_bin):
+def test_written_values_keep_their_types_when_helm_reads_them(tmp_path, go_yaml_read):
     """Helm parses YAML 1.1, where a bare n or y is a boolean: a job named "n" must stay a string."""
     written = {"fullnameOverride": "n", "a": ["y", "N", "yes", "off", "010", "1e3", ".5", "0x1F", "1_000", "12:30",
                                               "inf", "~", "", "whisper-n", "3.10"], "b": 1, "c": True, "d": 1e-5}
-    path = values.write_values(written, tmp_path / "values.yaml")
-    out = subprocess.run([helm_bin, "template", "x", str(echo_chart), "-f", str(path)], capture_output=True,
-                         text=True, check=True).stdout
-    assert json.loads(next(line for line in out.splitlines() if line.startswith("values: "))[8:]) == written
+    assert go_yaml_read(values.write_values(written, tmp_path / "values.yaml")) == written
 
 
-def test_rendered_documents_keep_their_strings_for_go_parsers(tmp_path, echo_chart, helm_bin):
+def test_rendered_documents_keep_their_strings_for_go_parsers(tmp_path, go_yaml_read):
     """The dry run's YAML (what `kubectl apply -f` reads) quotes what YAML 1.1 would misread, as values do."""
     from whisper_k8s.backends.base import yaml_documents
 
@@ -138,7 +125,5 @@ def test_rendered_documents_keep_their_strings_for_go_parsers(tmp_path, echo_cha
     text = yaml_documents([document])
     assert "name: 'n'" in text and "model.json: |" in text  # quoted; multi-line kept as a readable block
     path = tmp_path / "doc.yaml"
-    path.write_text(text.removeprefix("---\n"))  # Helm's own Go YAML parser reads it as a values file
-    out = subprocess.run([helm_bin, "template", "x", str(echo_chart), "-f", str(path)], capture_output=True,
-                         text=True, check=True).stdout
-    assert json.loads(next(line for line in out.splitlines() if line.startswith("values: "))[8:]) == document
+    path.write_text(text.removeprefix("---\n"))
+    assert go_yaml_read(path) == document

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from whisper_k8s import atomic, chart
+from whisper_k8s import atomic, chart, goyaml
 
 RELEASE = "whisper-pretrain"
 
@@ -80,7 +80,7 @@ def render_case(case: str) -> str:
         + "# Do not edit: change the chart or the values in whisper_k8s/manifests_gen.py and regenerate.\n"
         + f"# Apply: kubectl apply --server-side -n NAMESPACE -f this file (needs {_operator(values)}).\n"
     )
-    body = yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True, width=110)
+    body = yaml.dump_all(documents, Dumper=goyaml.dumper(), sort_keys=False, explicit_start=True, width=110)
     return header + body
 
 
