@@ -44,7 +44,6 @@ import io
 import json
 import math
 import os
-import platform
 import tarfile
 import tempfile
 import time
@@ -401,12 +400,9 @@ def shared_memory_mib(workers: int, prefetch_factor: int = 2) -> int:
 
 def machine() -> dict:
     import torch
+    from host import host_info
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"platform": platform.platform(), "cpu": model, "cpus": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {**host_info(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def main() -> int:

@@ -31,7 +31,6 @@ import functools
 import gc
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ RESULTS_CPU = ROOT / "bench" / "results" / "train_throughput.cpu.json"  # CPU ru
 ACCELERATOR_VARIANTS = ("eager:--compile=off", "fsdp:--parallel=fsdp")
 PRESETS = ROOT / "helm" / "files" / "model-presets"
 sys.path[:0] = [str(ROOT), str(ROOT / "trainer")]
+from host import host_info  # noqa: E402 (bench/, the script's own folder)
 
 # Dense bf16 peak FLOP/s (no sparsity) of cards this kit targets, by a substring of the device name.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
@@ -362,11 +362,7 @@ def matmul_peak(device, size: int = 8192, repeats: int = 10) -> float | None:
 def machine(device) -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    info = {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": device.type,
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    info = {**host_info(), "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device.type}
     if device.type == "cuda":
         info["accelerator"] = torch.cuda.get_device_name(device)
     elif device.type == "npu":
