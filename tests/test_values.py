@@ -1,5 +1,5 @@
-"""Chart values from files, flags and --set: Helm's semantics (checked against the real helm), precedence,
-schema errors that name the field, and the kept values file."""
+"""Chart values from files, flags and --set: merged by the real helm (checked against `helm template` itself),
+precedence, schema errors in one line that name the field and the fix, and the kept values file."""
 
 from __future__ import annotations
 
@@ -32,18 +32,19 @@ def test_set_parses_like_real_helm(expression, echo_chart, helm_bin):
 
 
 def test_set_typing_follows_helm():
-    assert values.parse_set("a=1,b=1.5,c=true,d=null,e=0,f=007,g=x=y") == [
-        (["a"], 1), (["b"], "1.5"), (["c"], True), (["d"], None), (["e"], 0), (["f"], "007"), (["g"], "x=y")]
-    assert values.parse_set("a.b[2].c=1") == [(["a", "b", 2, "c"], 1)]
+    assert values.build_values(sets=["a=1,b=1.5,c=true,d=null,e=0,f=007,g=x=y"]) == {
+        "a": 1, "b": "1.5", "c": True, "d": None, "e": 0, "f": "007", "g": "x=y"}
+    assert values.build_values(sets=["a.b[2].c=1"]) == {"a": {"b": [None, None, {"c": 1}]}}
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("nodes", "is not key=value"), ("a[x]=1", "must be \\[N\\]"), ("a..b=1", "empty key segment"),
+    ("nodes", "is not key=value"), ("a[x]=1", "error parsing index"), ("a..b=1", 'key map "a" has no value'),
     ("=1", "is not key=value"),
 ])
 def test_malformed_set_names_the_expression(bad, message):
-    with pytest.raises(UserError, match=message):
-        values.parse_set(bad)
+    with pytest.raises(UserError, match=message) as err:
+        values.build_values(sets=["nodes=2", bad])
+    assert f"--set {bad!r}" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_precedence_files_then_flags_then_set(tmp_path):
@@ -55,7 +56,7 @@ def test_precedence_files_then_flags_then_set(tmp_path):
 
 
 def test_flags_map_onto_the_charts_values_layout():
-    built = values.flag_values({
+    built = values.build_values(flags={
         "nodes": 2, "npus_per_node": 8, "accelerator": "ascend", "image": "localhost:5000/whisper-k8s:0.2",
         "dataset": "cv-claim", "pretrained": "whisper-large-v3", "language": "hi", "preset": "tiny",
     })
@@ -66,10 +67,13 @@ def test_flags_map_onto_the_charts_values_layout():
         "model": {"pretrained": {"enabled": True, "path": "whisper-large-v3"}, "preset": "tiny"},
         "data": {"language": "hi"},
     }
-    assert values.flag_values({"image": "localhost:5000/whisper-k8s"}) == {
+    assert values.build_values(flags={"image": "localhost:5000/whisper-k8s"}) == {
         "image": {"repository": "localhost:5000/whisper-k8s"}}
-    assert values.flag_values({"dataset": "/srv/cv11"})["storage"]["dataset"] == {
+    assert values.build_values(flags={"dataset": "/srv/cv11"})["storage"]["dataset"] == {
         "type": "hostPath", "hostPath": "/srv/cv11"}
+    # the flags keep their types through Helm (--set-json), a comma in a value included
+    assert values.build_values(flags={"language": "hi,en", "image": "n"}) == {
+        "data": {"language": "hi,en"}, "image": {"repository": "n"}}
     # every key a flag can produce exists in the chart (a renamed value breaks this test, not a user's job)
     defaults = chart.default_values()
     for dest, to_values in values.FLAG_VALUES.items():
@@ -82,30 +86,33 @@ def test_flags_map_onto_the_charts_values_layout():
 
 def test_schema_errors_name_every_bad_field():
     with pytest.raises(UserError) as err:
-        values.validate(values.build_values(sets=["nodes=0", "accelerator.type=tpu", "bogus=1"]))
+        chart.validate_values(values.build_values(sets=["nodes=0", "accelerator.type=tpu", "bogus=1"]))
     message = str(err.value)
-    assert "nodes: 0 is less than the minimum of 1" in message
+    assert "nodes: 0 is less than the minimum of 1 (use 1 or more)" in message
     assert "accelerator.type: 'tpu' is not one of" in message
-    assert "'bogus' was unexpected" in message
-    values.validate(values.build_values(flags={"nodes": 2, "accelerator": "cpu"}))  # valid: no error
+    assert "'bogus' was unexpected (remove it or check its spelling" in message
+    assert "\n" not in message  # one line
+    with pytest.raises(UserError, match=r"training.lr: '0.001' is not of type 'number' \(--set passes a decimal"):
+        chart.validate_values(values.build_values(sets=["training.lr=0.001"]))
+    chart.validate_values(values.build_values(flags={"nodes": 2, "accelerator": "cpu"}))  # valid: no error
 
 
 def test_values_files_errors_name_the_file(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        values.load_values_file(tmp_path / "missing.yaml")
+        values.build_values([tmp_path / "missing.yaml"])
     (tmp_path / "list.yaml").write_text("- a\n")
     with pytest.raises(UserError, match="list.yaml must hold a map"):
-        values.load_values_file(tmp_path / "list.yaml")
+        values.build_values([tmp_path / "list.yaml"])
     (tmp_path / "broken.yaml").write_text("a: [\n")
     with pytest.raises(UserError, match="broken.yaml is not valid YAML"):
-        values.load_values_file(tmp_path / "broken.yaml")
+        values.build_values([tmp_path / "broken.yaml"])
 
 
 def test_written_values_round_trip_and_leave_no_temp_files(tmp_path):
     built = values.build_values(flags={"nodes": 2}, sets=["training.lr=1e-5"])
     path = values.write_values(built, values.default_values_path("job-a", tmp_path))
     assert path == tmp_path / "job-a" / "values.yaml"
-    assert yaml.safe_load(path.read_text()) == built == values.load_values_file(path)
+    assert yaml.safe_load(path.read_text()) == built == values.build_values([path])
     assert [p.name for p in path.parent.iterdir()] == ["values.yaml"]
 
 
@@ -127,3 +134,31 @@ def test_rendered_documents_keep_their_strings_for_go_parsers(tmp_path, go_yaml_
     path = tmp_path / "doc.yaml"
     path.write_text(text.removeprefix("---\n"))
     assert go_yaml_read(path) == document
+
+
+MERGE_CORPUS = [  # (-f files, --set, --set-string): nulls over defaults, lists, escapes, later-wins
+    (["first", "second"], ["training.seed=7,data.split=validated"], ["podLabels.team=1"]),
+    (["second", "first", "cpu"], ["training.extraArgs={--foo,bar}", "podAnnotations.a\\.b=c"], []),
+    (["cpu"], ["nodes=3,training.clipGrad=null", "accelerator.tolerations[1].key=x"], ["data.language=en"]),
+]
+
+
+def test_submit_merges_values_exactly_as_helm_does(tmp_path, helm_bin, capsys):
+    """The dry run's documents equal `helm template -f ... --set ...` of the same arguments: Helm merges."""
+    from whisper_k8s.cli.main import main
+
+    files = {"first": "training:\n  globalBatchSize: null\n  minLr: 0\n  decayStyle: constant\n",
+             "second": "nodes: 4\ntraining:\n  trainIters: 7\n  lr: 2.0e-5\n  clipGrad: null\n",
+             "cpu": "accelerator:\n  type: cpu\n  tolerations: [{key: a, operator: Exists}]\nmodel: {preset: tiny}\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    for names, sets, set_strings in MERGE_CORPUS:
+        arguments = [a for n in names for a in ("-f", str(tmp_path / f"{n}.yaml"))]
+        arguments += [a for s in sets for a in ("--set", s)] + [a for s in set_strings for a in ("--set-string", s)]
+        assert main(["submit", "--name", "same", "--values-out", str(tmp_path / "kept.yaml"), "--dry-run",
+                     *arguments]) == 0
+        ours = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+        helm = subprocess.run([helm_bin, "template", "same", str(chart.chart_dir()), "--namespace", "default",
+                               *arguments, "--set", "fullnameOverride=same"],
+                              capture_output=True, text=True, check=True).stdout
+        assert ours == [d for d in yaml.safe_load_all(helm) if d], (names, sets, set_strings)

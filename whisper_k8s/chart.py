@@ -2,8 +2,10 @@
 
 The chart is the single source of pod specs: the CLI and every backend call :func:`render`, which runs the real
 ``helm template`` so that what a local run executes is exactly what a cluster would get. Values are checked
-against the chart's ``values.schema.json`` first, in Python, so that a bad value is reported as a UserError
-naming the field before helm is even started (helm checks the same schema again).
+once, against the chart's ``values.schema.json``, before the chart is rendered, so that a bad value is reported
+in one line naming the field and the fix (``helm template`` is told to skip its own check of the same schema).
+What Helm makes of values (its ``-f``/``--set`` parsing and its merging over the chart's defaults) is asked of
+Helm itself: :func:`helm_values`.
 
 Object names follow the chart's ``whisper.fullname``: ``fullnameOverride`` when set, else the release name when
 it contains the chart name ("whisper"), else ``<release>-whisper``. Callers that want the job to be named
@@ -20,22 +22,28 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from whisper_k8s import goyaml
 from whisper_k8s.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
+# The copy of helm/ that the wheel carries (in a source checkout, a link to helm/).
+PACKAGED_CHART = Path(__file__).resolve().parent / "_chart"
 CHART_ENV = "WHISPER_K8S_CHART"
 HELM_ENV = "WHISPER_K8S_HELM"
 
 
 def chart_dir() -> Path:
-    """The chart folder: $WHISPER_K8S_CHART, else helm/ beside this package (a source checkout)."""
-    path = Path(os.environ.get(CHART_ENV) or ROOT / "helm")
-    if not (path / "Chart.yaml").is_file():
-        raise UserError(
-            f"no Helm chart at {path} (Chart.yaml missing): run from a whisper-k8s checkout "
-            f"or set {CHART_ENV} to the chart folder"
-        )
-    return path
+    """The chart folder: $WHISPER_K8S_CHART, else helm/ of a source checkout, else the one in the package."""
+    override = os.environ.get(CHART_ENV)
+    candidates = [Path(override)] if override else [ROOT / "helm", PACKAGED_CHART]
+    for path in candidates:
+        if (path / "Chart.yaml").is_file():
+            return path
+    raise UserError(
+        f"no Helm chart at {candidates[-1]} (Chart.yaml missing): "
+        + (f"set {CHART_ENV} to the chart folder" if override else
+           f"reinstall whisper-k8s (its wheel carries the chart) or set {CHART_ENV} to the chart folder")
+    )
 
 
 def preset_names() -> list[str]:
@@ -60,6 +68,33 @@ def helm_binary() -> str:
     raise UserError("helm is not installed: run `make setup` (installs Helm v4 into .tools/bin) or put helm on PATH")
 
 
+def helm_values(value_args: list[str], *, chart_defaults: bool = False) -> dict:
+    """What Helm makes of ``-f FILE`` / ``--set`` / ``--set-json`` / ``--set-string`` arguments: ``.Values``.
+
+    Runs ``helm template`` on a chart whose one template prints ``.Values`` as JSON, so the parsing, typing and
+    merging are Helm's own. Without ``chart_defaults`` that chart has no defaults and the result is the user's
+    values alone; with it, this chart's values.yaml is the default and the result is what its templates see
+    (Helm's coalescing: a user ``null`` removes a default). A UserError carries Helm's reason.
+    """
+    with tempfile.TemporaryDirectory(prefix="whisper-values-") as tmp:
+        echo = Path(tmp)
+        (echo / "templates").mkdir()
+        (echo / "Chart.yaml").write_text("apiVersion: v2\nname: values\nversion: 0.0.0\n")
+        (echo / "templates" / "values.json").write_text("{{ toJson .Values }}\n")
+        if chart_defaults:
+            shutil.copyfile(chart_dir() / "values.yaml", echo / "values.yaml")
+        proc = subprocess.run([helm_binary(), "template", "values", str(echo), *value_args],
+                              capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise UserError(_helm_reason(proc.stderr))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _helm_reason(stderr: str) -> str:
+    """Helm's error message as one line."""
+    return " ".join(stderr.strip().removeprefix("Error: ").split())
+
+
 @lru_cache(maxsize=1)
 def _schema_validator():
     import jsonschema
@@ -68,32 +103,52 @@ def _schema_validator():
     return jsonschema.Draft7Validator(schema)
 
 
-def _field(error) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
+def _field(error, key: str = "") -> str:
+    path = ".".join(str(p) for p in [*error.absolute_path, *([key] if key else [])])
     return path or "(top level)"
 
 
-def _describe(error) -> str:
-    """One line naming the field, what is wrong, and for an unknown key where it may go."""
+def _fix(error) -> str:
+    """How to make the value valid, for the schema keywords the chart uses."""
+    limit = error.validator_value
+    fixes = {
+        "enum": "use one of those",
+        "minimum": f"use {limit} or more", "exclusiveMinimum": f"use more than {limit}",
+        "maximum": f"use {limit} or less", "exclusiveMaximum": f"use less than {limit}",
+        "minLength": "give a non-empty value", "maxLength": f"use at most {limit} characters",
+        "pattern": "use a value that matches it", "required": "set it",
+    }
+    if error.validator == "type":
+        if isinstance(error.instance, str) and "number" in json.dumps(limit):
+            return "--set passes a decimal as a string: put the value in a -f values file"
+        return f"use a value of type {' or '.join(limit) if isinstance(limit, list) else limit}"
+    return fixes.get(error.validator, "see the chart's values.yaml for what it accepts")
+
+
+def _describe(error) -> list[str]:
+    """'field: problem (fix)' for one schema violation; an unknown key is named as the field itself."""
     if error.validator == "additionalProperties":
-        return f"{_field(error)}: {error.message} (remove it or check its spelling in helm/values.yaml)"
-    return f"{_field(error)}: {error.message}"
+        unknown = [key for key in error.instance if key not in error.schema.get("properties", {})]
+        return [f"{_field(error, key)}: {key!r} was unexpected (remove it or check its spelling against the "
+                "chart's values.yaml)" for key in unknown]
+    return [f"{_field(error)}: {error.message} ({_fix(error)})"]
 
 
 def schema_errors(values: dict) -> list[str]:
-    """Every schema violation of ``values`` merged over the chart defaults, as 'field: problem' lines."""
-    from whisper_k8s.values import deep_merge
-
-    merged = deep_merge(default_values(), values)
+    """Every schema violation of user ``values`` merged over the chart defaults, as 'field: problem (fix)'."""
+    with tempfile.TemporaryDirectory(prefix="whisper-values-") as tmp:
+        values_file = Path(tmp) / "values.yaml"
+        values_file.write_text(goyaml.dump(values))
+        merged = helm_values(["--values", str(values_file)], chart_defaults=True)
     errors = sorted(_schema_validator().iter_errors(merged), key=lambda e: list(map(str, e.absolute_path)))
-    return [_describe(e) for e in errors]
+    return [line for error in errors for line in _describe(error)]
 
 
 def validate_values(values: dict) -> None:
-    """Raise UserError naming every bad field of ``values`` (user values; the chart defaults fill the rest)."""
+    """Raise one UserError line naming every bad field of user ``values`` and its fix."""
     errors = schema_errors(values)
     if errors:
-        raise UserError("invalid chart values:\n  " + "\n  ".join(errors))
+        raise UserError("invalid chart values: " + "; ".join(errors))
 
 
 @lru_cache(maxsize=1)
@@ -109,24 +164,22 @@ def default_values() -> dict:
 
 
 def render(values: dict, release: str, namespace: str = "default") -> list[dict]:
-    """Run ``helm template`` on the chart with ``values`` and return the rendered documents in order.
+    """Validate ``values`` (the one check), run ``helm template`` with them and return the documents in order.
 
     ``values`` are user values (the chart defaults fill the rest), written to a temporary file so that types
     survive exactly (``--set`` would guess them).
     """
     import yaml
 
-    from whisper_k8s.values import to_helm_yaml
-
     validate_values(values)
     with tempfile.TemporaryDirectory(prefix="whisper-values-") as tmp:
         values_file = Path(tmp) / "values.yaml"
-        values_file.write_text(to_helm_yaml(values))
+        values_file.write_text(goyaml.dump(values))
         cmd = [helm_binary(), "template", release, str(chart_dir()), "--namespace", namespace,
-               "--values", str(values_file)]
+               "--values", str(values_file), "--skip-schema-validation"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise UserError(f"helm template failed for release {release!r}: {proc.stderr.strip()}")
+        raise UserError(f"helm template failed for release {release!r}: {_helm_reason(proc.stderr)}")
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 

@@ -43,3 +43,10 @@ def dumper(block_multiline: bool = False):
 
     GoSafeDumper.add_representer(str, represent_str)
     return GoSafeDumper
+
+
+def dump(data) -> str:
+    """``data`` as block YAML with that quoting, keys in their order (what a values file or manifest holds)."""
+    import yaml
+
+    return yaml.dump(data, Dumper=dumper(), sort_keys=False, default_flow_style=False)

@@ -1,4 +1,5 @@
-"""`submit`: build the chart values, validate them, keep them, render the chart and start the job."""
+"""`submit`: build the chart values (Helm merges them), render the chart (which validates them once), keep
+the values and start the job."""
 
 from __future__ import annotations
 
@@ -62,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     scheduler = _jobs.scheduler(args)
     if not args.dry_run:
         _jobs.choose_operator(scheduler, user_values)
-    values.validate(user_values)
-    documents = chart.render(user_values, name, args.namespace)
+    documents = chart.render(user_values, name, args.namespace)  # the one schema check
     values_file = Path(args.values_out) if args.values_out else values.default_values_path(name)
     request = AppRequest(name=name, namespace=args.namespace, values=user_values, documents=documents,
                          operator=user_values.get("operator", "pytorchjob"), values_file=values_file)
