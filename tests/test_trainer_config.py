@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from whisper_trainer.config import parse_args
+from whisper_trainer.config import build_parser, parse_args, trainer_flags
 from whisper_trainer.model import causal_lm_inputs
 from whisper_trainer.optim import LRSchedule
 
@@ -108,10 +108,32 @@ def test_bad_data_json_names_the_field(files, processor_dir, change, named):
     (["--max-position-embeddings", "3000"], "max_source_positions"),
     (["--tensor-model-parallel-size", "2"], "--tensor-model-parallel-size"),
     (["--use-distributed-optimizer", "--parallel", "ddp"], "--use-distributed-optimizer"),
+    (["--num-workers", "65"], "--num-workers must be <= 64, found 65"),
+    (["--seed", "-1"], "--seed must be >= 0, found -1"),
+    (["--lr", "0"], "--lr must be > 0, found 0"),
 ])
 def test_bad_flags_name_the_flag(files, flags, named):
     with pytest.raises(UserError, match=named):
         parse_args(files() + flags)
+
+
+def test_flags_are_generated_from_the_config_fields(files):
+    """One dataclass field per flag: its default reaches the config, a given value reaches the field."""
+    specs = trainer_flags()
+    assert len({spec.flag for spec in specs}) == len(specs) and len(specs) > 30
+    help_text = build_parser().format_help()
+    assert all(spec.flag in help_text and spec.help[:20] in " ".join(help_text.split()) for spec in specs)
+    derived = {"save", "load", "metrics_file", "strategy", "mm_model", "mm_data"}  # set from other settings
+    cfg = parse_args(files())
+    for spec in specs:
+        if spec.name not in derived:
+            assert getattr(getattr(cfg, spec.section), spec.name) == spec.default, spec.flag
+    cfg = parse_args(files() + ["--keep-checkpoints", "5", "--distributed-timeout-minutes", "7", "--parallel",
+                                "fsdp", "--num-workers", "0", "--no-load-rng", "--exit-interval", "9",
+                                "--attention-backend", "math", "--adam-beta2", "0.95"])
+    assert (cfg.checkpoint.keep, cfg.parallel.timeout_minutes, cfg.parallel.strategy) == (5, 7, "fsdp")
+    assert (cfg.training.num_workers, cfg.training.exit_interval, cfg.training.adam_beta2) == (0, 9, 0.95)
+    assert cfg.checkpoint.no_load_rng and not cfg.checkpoint.no_load_optim and cfg.parallel.attention_backend == "math"
 
 
 def test_missing_files_are_named(tmp_path, processor_dir):

@@ -4,13 +4,19 @@ A run is described by exactly what the seed's ``pretrain_whisper.sh`` gives Mind
 files and flags carry over. Everything is checked before any process group, model or file is created: an
 unknown key, a wrong type or a contradiction (global batch not divisible, mel bins that differ from the
 processor, ``--seq-length`` that differs from the model) raises a ``UserError`` naming the field and the fix.
+
+Each flag is one field of a section dataclass below, declared with :func:`option` (torchtitan's style): its
+type, default, choices, range and help live there, and :func:`build_parser` and :func:`parse_args` are generated
+from the fields. Adding a setting is one line in a section; the trainer then reads ``cfg.<section>.<field>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -94,53 +100,98 @@ class DataConfig:
     path: str = ""
 
 
+def option(default: Any, help: str, *, flag: str = "", choices: tuple = (), minimum: float | None = None,
+           exclusive_minimum: float | None = None, maximum: float | None = None, required: bool = False) -> Any:
+    """A setting that is a command-line flag: a dataclass field whose metadata describes the flag.
+
+    The flag is ``--`` + the field name with ``-`` for ``_`` unless ``flag`` names it (Megatron's names); its type
+    is the field's annotation (``bool`` is a switch that is off by default, ``X | None`` is an optional X).
+    ``minimum``/``exclusive_minimum``/``maximum`` bound a number the way the chart's values schema words it.
+    """
+    return field(default=default, metadata={
+        "help": help, "flag": flag, "choices": tuple(choices), "minimum": minimum,
+        "exclusive_minimum": exclusive_minimum, "maximum": maximum, "required": required})
+
+
 @dataclass
 class TrainingConfig:
-    micro_batch_size: int = 8
-    global_batch_size: int | None = None  # default: micro batch x world size (no accumulation)
-    train_iters: int = 300
-    lr: float = 1e-5
-    min_lr: float = 0.0
-    lr_warmup_iters: int = 0
-    lr_decay_iters: int | None = None  # default: train_iters (Megatron)
-    lr_decay_style: str = "linear"  # Megatron's default
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    bf16: bool = False
-    seed: int = 1234
-    num_workers: int = 4
-    split: str = "train"
-    exit_interval: int | None = None  # Megatron: save and exit after this many iterations
-    max_label_tokens: int = 448
+    """optimization"""
+
+    micro_batch_size: int = option(8, "samples per process per micro step", minimum=1)
+    global_batch_size: int | None = option(None, "samples per optimizer step (default: micro batch x world "
+                                                 "size, no accumulation)", minimum=1)
+    train_iters: int = option(300, "optimizer steps", minimum=1)
+    lr: float = option(1e-5, "peak learning rate", exclusive_minimum=0)
+    min_lr: float = option(0.0, "learning rate at the end of the decay", minimum=0)
+    lr_warmup_iters: int = option(0, "linear warm-up iterations from 0", minimum=0)
+    lr_decay_iters: int | None = option(None, "iterations of the decay (default: --train-iters)", minimum=1)
+    lr_decay_style: str = option("linear", "learning-rate decay after the warm-up",
+                                 choices=("cosine", "linear", "constant"))
+    weight_decay: float = option(0.0, "AdamW weight decay", minimum=0)
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.999, "AdamW beta2")
+    adam_eps: float = option(1e-8, "AdamW epsilon")
+    clip_grad: float = option(1.0, "gradient-norm clipping; 0 disables it (the norm is still logged)", minimum=0)
+    bf16: bool = option(False, "bf16 mixed precision (fp32 master weights)")
+    seed: int = option(1234, "random seed (model initialisation, data order)", minimum=0)
+    num_workers: int = option(4, "data-loader worker processes per training process", minimum=0, maximum=64)
+    split: str = option("train", "Common Voice split to train on")
+    exit_interval: int | None = option(None, "save and exit after this iteration (Megatron)", minimum=1)
+    max_label_tokens: int = 448  # not a flag: model.json max_target_positions
 
 
 @dataclass
 class ParallelConfig:
-    strategy: str = "ddp"  # ddp | fsdp
-    device: str = "auto"  # auto | npu | cuda | cpu
-    timeout_minutes: int = 30
-    compile: str = "auto"  # auto (CUDA only) | on | off: per-layer torch.compile (whisper_trainer.kernels)
-    attention_backend: str = "auto"  # auto | flash | cudnn | efficient | math: the SDPA kernel
+    """devices and parallelism"""
+
+    strategy: str | None = option(None, "data parallelism: ddp, or fsdp (sharded); default: fsdp with "
+                                        "--use-distributed-optimizer, else ddp", flag="--parallel",
+                                  choices=("ddp", "fsdp"))
+    device: str = option("auto", "device type (auto: npu, else cuda, else cpu)",
+                         choices=("auto", "npu", "cuda", "cpu"))
+    timeout_minutes: int = option(30, "timeout of the collectives in minutes",
+                                  flag="--distributed-timeout-minutes", minimum=1)
+    compile: str = option("auto", "torch.compile each encoder/decoder layer and the loss (auto: on CUDA only)",
+                          choices=COMPILE_CHOICES)
+    attention_backend: str = option("auto", "restrict scaled_dot_product_attention to one kernel (auto: "
+                                            "PyTorch's choice)", choices=ATTENTION_CHOICES)
 
 
 @dataclass
 class CheckpointConfig:
-    save: str = ""
-    load: str = ""  # default: the save folder (resume by itself)
-    save_interval: int = 10000
-    keep: int = 3
-    no_load_optim: bool = False
-    no_load_rng: bool = False
+    """checkpoints (Megatron layout)"""
+
+    save: str = option("", "checkpoint folder (Megatron layout)", required=True)
+    load: str = option("", "checkpoint folder to resume from (default: --save)")
+    save_interval: int = option(10000, "save every N iterations (and at the end, and on SIGTERM)", minimum=1)
+    keep: int = option(3, "checkpoints kept on disk", flag="--keep-checkpoints", minimum=1)
+    no_load_optim: bool = option(False, "resume the weights but not the optimizer state")
+    no_load_rng: bool = option(False, "resume without the saved random-number-generator states")
 
 
 @dataclass
 class MetricsConfig:
-    log_interval: int = 1
-    metrics_file: str = ""
-    tensorboard_dir: str = ""
+    """metrics and logs"""
+
+    log_interval: int = option(1, "log every N iterations", minimum=1)
+    metrics_file: str = option("", "JSON-lines metrics (default: metrics.jsonl beside the --save folder)")
+    tensorboard_dir: str = option("", "TensorBoard event folder (default: none)")
+
+
+@dataclass
+class MegatronConfig:
+    """MindSpeed-MM inputs and the seed's pretrain_whisper.sh flags (checked against model.json or mapped)"""
+
+    mm_model: str = option("", "MindSpeed-MM model.json", required=True)
+    mm_data: str = option("", "MindSpeed-MM data.json", required=True)
+    seq_length: int | None = option(None, "must equal model.json max_target_positions")
+    max_position_embeddings: int | None = option(None, "must equal model.json max_source_positions")
+    tensor_model_parallel_size: int = option(1, "only 1 (Whisper trains data-parallel)")
+    pipeline_model_parallel_size: int = option(1, "only 1 (Whisper trains data-parallel)")
+    context_parallel_size: int = option(1, "only 1 (Whisper trains data-parallel)")
+    use_distributed_optimizer: bool = option(False, "sharded optimizer state: --parallel fsdp")
+    overlap_grad_reduce: bool = option(False, "accepted; DDP and FSDP2 always overlap")
+    overlap_param_gather: bool = option(False, "accepted; FSDP2 always prefetches")
 
 
 @dataclass
@@ -151,6 +202,7 @@ class TrainerConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro steps per iteration so that micro batch x world size x steps = global batch."""
@@ -344,123 +396,142 @@ def check_processor(model: ModelConfig, data: DataConfig) -> None:
         )
 
 
+# The TrainerConfig sections whose fields are flags, in --help order.
+FLAG_SECTIONS = ("megatron", "training", "parallel", "checkpoint", "metrics")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag, as :func:`option` declared it on ``<section>.<name>``."""
+
+    section: str
+    name: str
+    flag: str
+    type: type
+    default: Any
+    choices: tuple
+    minimum: float | None
+    exclusive_minimum: float | None
+    maximum: float | None
+    required: bool
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    def bounds(self) -> list[tuple[str, float]]:
+        """The range as (comparison, limit) pairs, e.g. [(">=", 1)]."""
+        pairs = ((">=", self.minimum), (">", self.exclusive_minimum), ("<=", self.maximum))
+        return [(op, limit) for op, limit in pairs if limit is not None]
+
+
+def _value_type(annotation: Any) -> type:
+    """int for ``int`` and ``int | None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def trainer_flags() -> list[Flag]:
+    """Every flag of the trainer, generated from the section dataclasses."""
+    sections = typing.get_type_hints(TrainerConfig)
+    out = []
+    for section in FLAG_SECTIONS:
+        cls = sections[section]
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if "help" not in f.metadata:
+                continue
+            m = f.metadata
+            out.append(Flag(section, f.name, m["flag"] or "--" + f.name.replace("_", "-"),
+                            _value_type(hints[f.name]), f.default, m["choices"], m["minimum"],
+                            m["exclusive_minimum"], m["maximum"], m["required"], m["help"]))
+    return out
+
+
+def _help(spec: Flag) -> str:
+    """The help text plus what the field declares: range, and default or required."""
+    notes = [f"{op} {limit:g}" for op, limit in spec.bounds()]
+    if spec.required:
+        notes.append("required")
+    elif spec.default is not None and spec.default != "" and spec.default is not False:
+        notes.append(f"default: {spec.default}")
+    return f"{spec.help} [{'; '.join(notes)}]" if notes else spec.help
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The trainer's argparse parser, one argument per :func:`option` field, grouped by section."""
     p = argparse.ArgumentParser(
         prog="whisper_trainer",
         description="Pretrain Whisper with MindSpeed-MM's model.json/data.json and Megatron-style flags "
                     "(launch with torchrun; runs as one process without it).",
     )
-    a = p.add_argument
-    a("--mm-model", required=True, help="MindSpeed-MM model.json")
-    a("--mm-data", required=True, help="MindSpeed-MM data.json")
-    a("--save", required=True, help="checkpoint folder (Megatron layout)")
-    a("--load", default="", help="checkpoint folder to resume from (default: --save)")
-    a("--micro-batch-size", type=int, default=8)
-    a("--global-batch-size", type=int, default=None)
-    a("--lr", type=float, default=1e-5)
-    a("--min-lr", type=float, default=0.0)
-    a("--lr-warmup-iters", type=int, default=0)
-    a("--lr-decay-iters", type=int, default=None)
-    a("--lr-decay-style", default="linear", choices=["cosine", "linear", "constant"])
-    a("--train-iters", type=int, default=300)
-    a("--weight-decay", type=float, default=0.0)
-    a("--adam-beta1", type=float, default=0.9)
-    a("--adam-beta2", type=float, default=0.999)
-    a("--adam-eps", type=float, default=1e-8)
-    a("--clip-grad", type=float, default=1.0, help="0 disables clipping (the norm is still logged)")
-    a("--bf16", action="store_true", help="bf16 mixed precision (fp32 master weights)")
-    a("--save-interval", type=int, default=10000)
-    a("--exit-interval", type=int, default=None, help="save and exit after this iteration (Megatron)")
-    a("--log-interval", type=int, default=1)
-    a("--num-workers", type=int, default=4)
-    a("--seed", type=int, default=1234)
-    a("--parallel", default=None, choices=["ddp", "fsdp"])
-    a("--keep-checkpoints", type=int, default=3)
-    a("--no-load-optim", action="store_true")
-    a("--no-load-rng", action="store_true")
-    a("--metrics-file", default="")
-    a("--tensorboard-dir", default="")
-    a("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
-    a("--split", default="train")
-    a("--distributed-timeout-minutes", type=int, default=30)
-    a("--compile", default="auto", choices=list(COMPILE_CHOICES),
-      help="torch.compile each encoder/decoder layer and the loss (auto: on CUDA only)")
-    a("--attention-backend", default="auto", choices=list(ATTENTION_CHOICES),
-      help="restrict scaled_dot_product_attention to one kernel (auto: PyTorch's choice)")
-    # Flags of the seed's pretrain_whisper.sh, checked against model.json or mapped onto ours.
-    a("--seq-length", type=int, default=None, help="must equal model.json max_target_positions")
-    a("--max-position-embeddings", type=int, default=None, help="must equal max_source_positions")
-    a("--tensor-model-parallel-size", type=int, default=1)
-    a("--pipeline-model-parallel-size", type=int, default=1)
-    a("--context-parallel-size", type=int, default=1)
-    a("--use-distributed-optimizer", action="store_true", help="sharded optimizer state: --parallel fsdp")
-    a("--overlap-grad-reduce", action="store_true", help="accepted; DDP and FSDP2 always overlap")
-    a("--overlap-param-gather", action="store_true", help="accepted; FSDP2 always prefetches")
+    sections = typing.get_type_hints(TrainerConfig)
+    groups = {name: p.add_argument_group(sections[name].__doc__) for name in FLAG_SECTIONS}
+    for spec in trainer_flags():
+        kwargs: dict[str, Any] = {"dest": spec.dest, "default": spec.default, "help": _help(spec)}
+        if spec.type is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(type=spec.type, required=spec.required)
+            if spec.choices:
+                kwargs["choices"] = spec.choices
+            else:
+                kwargs["metavar"] = spec.flag[2:].replace("-", "_").upper()
+        groups[spec.section].add_argument(spec.flag, **kwargs)
     return p
 
 
-def _positive(value: int | float | None, flag: str, *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UserError(f"{flag} must be {'>= 0' if allow_zero else '> 0'}, found {value}")
+def _check_ranges(ns: argparse.Namespace, specs: list[Flag]) -> None:
+    for spec in specs:
+        value = getattr(ns, spec.dest)
+        for op, limit in spec.bounds() if value is not None else ():
+            if not {">=": value >= limit, ">": value > limit, "<=": value <= limit}[op]:
+                raise UserError(f"{spec.flag} must be {op} {limit:g}, found {value}")
 
 
-def _check_flags(ns: argparse.Namespace, model: ModelConfig) -> str:
-    """Validate flag values and cross-checks; return the parallel strategy."""
-    for flag in ("micro_batch_size", "global_batch_size", "train_iters", "save_interval", "log_interval",
-                 "keep_checkpoints", "exit_interval", "lr_decay_iters", "distributed_timeout_minutes"):
-        _positive(getattr(ns, flag), "--" + flag.replace("_", "-"))
-    for flag in ("lr", "min_lr", "lr_warmup_iters", "weight_decay", "clip_grad", "num_workers"):
-        _positive(getattr(ns, flag), "--" + flag.replace("_", "-"), allow_zero=True)
-    if ns.lr == 0:
-        raise UserError("--lr must be > 0")
-    if ns.min_lr > ns.lr:
-        raise UserError(f"--min-lr {ns.min_lr} is above --lr {ns.lr}")
-    decay = ns.lr_decay_iters or ns.train_iters
-    if ns.lr_warmup_iters > decay:
-        raise UserError(f"--lr-warmup-iters {ns.lr_warmup_iters} exceeds --lr-decay-iters {decay}")
-    for flag in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
-        if getattr(ns, flag) != 1:
-            raise UserError(f"--{flag.replace('_', '-')} {getattr(ns, flag)}: only 1 is supported (Whisper "
+def _check_flags(cfg: TrainerConfig) -> str:
+    """Cross-checks between flags and with model.json; return the parallel strategy."""
+    t, m, model = cfg.training, cfg.megatron, cfg.model
+    if t.min_lr > t.lr:
+        raise UserError(f"--min-lr {t.min_lr} is above --lr {t.lr}")
+    decay = t.lr_decay_iters or t.train_iters
+    if t.lr_warmup_iters > decay:
+        raise UserError(f"--lr-warmup-iters {t.lr_warmup_iters} exceeds --lr-decay-iters {decay}")
+    for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
+        if getattr(m, name) != 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(m, name)}: only 1 is supported (Whisper "
                             "trains data-parallel; use --parallel fsdp to shard large-v3)")
-    checks = (("seq_length", "max_target_positions"), ("max_position_embeddings", "max_source_positions"))
-    for flag, key in checks:
-        value = getattr(ns, flag)
+    for name, key in (("seq_length", "max_target_positions"), ("max_position_embeddings", "max_source_positions")):
+        value = getattr(m, name)
         if value is not None and value != model.fields[key]:
-            raise UserError(f"--{flag.replace('_', '-')} {value} contradicts model.json {key} "
+            raise UserError(f"--{name.replace('_', '-')} {value} contradicts model.json {key} "
                             f"{model.fields[key]}: drop the flag or make them equal")
-    if ns.use_distributed_optimizer and ns.parallel == "ddp":
+    if m.use_distributed_optimizer and cfg.parallel.strategy == "ddp":
         raise UserError("--use-distributed-optimizer contradicts --parallel ddp: drop one (the distributed "
                         "optimizer is --parallel fsdp here)")
-    return ns.parallel or ("fsdp" if ns.use_distributed_optimizer else "ddp")
+    return cfg.parallel.strategy or ("fsdp" if m.use_distributed_optimizer else "ddp")
 
 
 def parse_args(argv: list[str] | None = None, *, check_files: bool = True) -> TrainerConfig:
     """Build the TrainerConfig from argv and the two JSON files. ``check_files`` also checks the processor."""
+    specs = trainer_flags()
     ns = build_parser().parse_args(argv)
-    model = load_model_json(ns.mm_model)
-    data = load_data_json(ns.mm_data)
-    strategy = _check_flags(ns, model)
+    sections = typing.get_type_hints(TrainerConfig)
+    given = {name: sections[name](**{s.name: getattr(ns, s.dest) for s in specs if s.section == name})
+             for name in FLAG_SECTIONS}
+    model = load_model_json(given["megatron"].mm_model)
+    data = load_data_json(given["megatron"].mm_data)
+    cfg = TrainerConfig(model=model, data=data, **given)
+    _check_ranges(ns, specs)
+    cfg.parallel.strategy = _check_flags(cfg)
     if check_files:
         check_processor(model, data)
-    training = TrainingConfig(
-        micro_batch_size=ns.micro_batch_size, global_batch_size=ns.global_batch_size,
-        train_iters=ns.train_iters, lr=ns.lr, min_lr=ns.min_lr, lr_warmup_iters=ns.lr_warmup_iters,
-        lr_decay_iters=ns.lr_decay_iters, lr_decay_style=ns.lr_decay_style, weight_decay=ns.weight_decay,
-        adam_beta1=ns.adam_beta1, adam_beta2=ns.adam_beta2, adam_eps=ns.adam_eps, clip_grad=ns.clip_grad,
-        bf16=ns.bf16, seed=ns.seed, num_workers=ns.num_workers, split=ns.split, exit_interval=ns.exit_interval,
-        max_label_tokens=int(model.fields["max_target_positions"]),
-    )
-    save = str(Path(ns.save))
-    metrics_file = ns.metrics_file or str(Path(save).absolute().parent / "metrics.jsonl")
-    return TrainerConfig(
-        model=model, data=data, training=training,
-        parallel=ParallelConfig(strategy=strategy, device=ns.device, timeout_minutes=ns.distributed_timeout_minutes,
-                                compile=ns.compile, attention_backend=ns.attention_backend),
-        checkpoint=CheckpointConfig(save=save, load=ns.load or save, save_interval=ns.save_interval,
-                                    keep=ns.keep_checkpoints, no_load_optim=ns.no_load_optim,
-                                    no_load_rng=ns.no_load_rng),
-        metrics=MetricsConfig(log_interval=ns.log_interval, metrics_file=metrics_file,
-                              tensorboard_dir=ns.tensorboard_dir),
-    )
+    # the defaults that depend on other settings
+    cfg.training.max_label_tokens = int(model.fields["max_target_positions"])
+    c = cfg.checkpoint
+    c.save = str(Path(c.save))
+    c.load = c.load or c.save
+    cfg.metrics.metrics_file = cfg.metrics.metrics_file or str(Path(c.save).absolute().parent / "metrics.jsonl")
+    return cfg
