@@ -5,22 +5,24 @@ files and flags carry over. Everything is checked before any process group, mode
 unknown key, a wrong type or a contradiction (global batch not divisible, mel bins that differ from the
 processor, ``--seq-length`` that differs from the model) raises a ``UserError`` naming the field and the fix.
 
-Each flag is one field of a section dataclass below, declared with :func:`option` (torchtitan's style): its
-type, default, choices, range and help live there, and :func:`build_parser` and :func:`parse_args` are generated
-from the fields. Adding a setting is one line in a section; the trainer then reads ``cfg.<section>.<field>``.
+Each flag is one field of a section dataclass below, declared with :func:`whisper_trainer.flags.option`
+(torchtitan's style): its type, default, choices, range and help live there, and :func:`build_parser` and
+:func:`parse_args` are generated from the fields. Adding a setting is one line in a section; the trainer then
+reads ``cfg.<section>.<field>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from whisper_k8s.errors import UserError
+from whisper_trainer import flags
+from whisper_trainer.flags import Flag, option
 
 COMPILE_CHOICES = ("auto", "on", "off")
 ATTENTION_CHOICES = ("auto", "flash", "cudnn", "efficient", "math")
@@ -100,22 +102,9 @@ class DataConfig:
     path: str = ""
 
 
-def option(default: Any, help: str, *, flag: str = "", choices: tuple = (), minimum: float | None = None,
-           exclusive_minimum: float | None = None, maximum: float | None = None, required: bool = False) -> Any:
-    """A setting that is a command-line flag: a dataclass field whose metadata describes the flag.
-
-    The flag is ``--`` + the field name with ``-`` for ``_`` unless ``flag`` names it (Megatron's names); its type
-    is the field's annotation (``bool`` is a switch that is off by default, ``X | None`` is an optional X).
-    ``minimum``/``exclusive_minimum``/``maximum`` bound a number the way the chart's values schema words it.
-    """
-    return field(default=default, metadata={
-        "help": help, "flag": flag, "choices": tuple(choices), "minimum": minimum,
-        "exclusive_minimum": exclusive_minimum, "maximum": maximum, "required": required})
-
-
 @dataclass
 class TrainingConfig:
-    """optimization"""
+    """Optimization, precision and data loading."""
 
     micro_batch_size: int = option(8, "samples per process per micro step", minimum=1)
     global_batch_size: int | None = option(None, "samples per optimizer step (default: micro batch x world "
@@ -142,7 +131,7 @@ class TrainingConfig:
 
 @dataclass
 class ParallelConfig:
-    """devices and parallelism"""
+    """Devices, data parallelism and kernels."""
 
     strategy: str | None = option(None, "data parallelism: ddp, or fsdp (sharded); default: fsdp with "
                                         "--use-distributed-optimizer, else ddp", flag="--parallel",
@@ -159,7 +148,7 @@ class ParallelConfig:
 
 @dataclass
 class CheckpointConfig:
-    """checkpoints (Megatron layout)"""
+    """Checkpoints, in Megatron's layout."""
 
     save: str = option("", "checkpoint folder (Megatron layout)", required=True)
     load: str = option("", "checkpoint folder to resume from (default: --save)")
@@ -171,7 +160,7 @@ class CheckpointConfig:
 
 @dataclass
 class MetricsConfig:
-    """metrics and logs"""
+    """Metrics and logs."""
 
     log_interval: int = option(1, "log every N iterations", minimum=1)
     metrics_file: str = option("", "JSON-lines metrics (default: metrics.jsonl beside the --save folder)")
@@ -180,7 +169,8 @@ class MetricsConfig:
 
 @dataclass
 class MegatronConfig:
-    """MindSpeed-MM inputs and the seed's pretrain_whisper.sh flags (checked against model.json or mapped)"""
+    """MindSpeed-MM's two documents, and the other flags of the seed's pretrain_whisper.sh (checked against
+    model.json or mapped onto the other settings)."""
 
     mm_model: str = option("", "MindSpeed-MM model.json", required=True)
     mm_data: str = option("", "MindSpeed-MM data.json", required=True)
@@ -396,99 +386,22 @@ def check_processor(model: ModelConfig, data: DataConfig) -> None:
         )
 
 
-# The TrainerConfig sections whose fields are flags, in --help order.
-FLAG_SECTIONS = ("megatron", "training", "parallel", "checkpoint", "metrics")
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One command-line flag, as :func:`option` declared it on ``<section>.<name>``."""
-
-    section: str
-    name: str
-    flag: str
-    type: type
-    default: Any
-    choices: tuple
-    minimum: float | None
-    exclusive_minimum: float | None
-    maximum: float | None
-    required: bool
-    help: str
-
-    @property
-    def dest(self) -> str:
-        return f"{self.section}.{self.name}"
-
-    def bounds(self) -> list[tuple[str, float]]:
-        """The range as (comparison, limit) pairs, e.g. [(">=", 1)]."""
-        pairs = ((">=", self.minimum), (">", self.exclusive_minimum), ("<=", self.maximum))
-        return [(op, limit) for op, limit in pairs if limit is not None]
-
-
-def _value_type(annotation: Any) -> type:
-    """int for ``int`` and ``int | None``."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return annotation
+def _sections() -> dict[str, type]:
+    """The TrainerConfig sections whose fields are flags, in --help order."""
+    hints = typing.get_type_hints(TrainerConfig)
+    return {name: hints[name] for name in ("megatron", "training", "parallel", "checkpoint", "metrics")}
 
 
 def trainer_flags() -> list[Flag]:
     """Every flag of the trainer, generated from the section dataclasses."""
-    sections = typing.get_type_hints(TrainerConfig)
-    out = []
-    for section in FLAG_SECTIONS:
-        cls = sections[section]
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            if "help" not in f.metadata:
-                continue
-            m = f.metadata
-            out.append(Flag(section, f.name, m["flag"] or "--" + f.name.replace("_", "-"),
-                            _value_type(hints[f.name]), f.default, m["choices"], m["minimum"],
-                            m["exclusive_minimum"], m["maximum"], m["required"], m["help"]))
-    return out
-
-
-def _help(spec: Flag) -> str:
-    """The help text plus what the field declares: range, and default or required."""
-    notes = [f"{op} {limit:g}" for op, limit in spec.bounds()]
-    if spec.required:
-        notes.append("required")
-    elif spec.default is not None and spec.default != "" and spec.default is not False:
-        notes.append(f"default: {spec.default}")
-    return f"{spec.help} [{'; '.join(notes)}]" if notes else spec.help
+    return flags.flags_of(_sections())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The trainer's argparse parser, one argument per :func:`option` field, grouped by section."""
-    p = argparse.ArgumentParser(
-        prog="whisper_trainer",
+    return flags.build_parser(
+        _sections(), prog="whisper_trainer",
         description="Pretrain Whisper with MindSpeed-MM's model.json/data.json and Megatron-style flags "
-                    "(launch with torchrun; runs as one process without it).",
-    )
-    sections = typing.get_type_hints(TrainerConfig)
-    groups = {name: p.add_argument_group(sections[name].__doc__) for name in FLAG_SECTIONS}
-    for spec in trainer_flags():
-        kwargs: dict[str, Any] = {"dest": spec.dest, "default": spec.default, "help": _help(spec)}
-        if spec.type is bool:
-            kwargs["action"] = "store_true"
-        else:
-            kwargs.update(type=spec.type, required=spec.required)
-            if spec.choices:
-                kwargs["choices"] = spec.choices
-            else:
-                kwargs["metavar"] = spec.flag[2:].replace("-", "_").upper()
-        groups[spec.section].add_argument(spec.flag, **kwargs)
-    return p
-
-
-def _check_ranges(ns: argparse.Namespace, specs: list[Flag]) -> None:
-    for spec in specs:
-        value = getattr(ns, spec.dest)
-        for op, limit in spec.bounds() if value is not None else ():
-            if not {">=": value >= limit, ">": value > limit, "<=": value <= limit}[op]:
-                raise UserError(f"{spec.flag} must be {op} {limit:g}, found {value}")
+                    "(launch with torchrun; runs as one process without it).")
 
 
 def _check_flags(cfg: TrainerConfig) -> str:
@@ -516,15 +429,12 @@ def _check_flags(cfg: TrainerConfig) -> str:
 
 def parse_args(argv: list[str] | None = None, *, check_files: bool = True) -> TrainerConfig:
     """Build the TrainerConfig from argv and the two JSON files. ``check_files`` also checks the processor."""
-    specs = trainer_flags()
     ns = build_parser().parse_args(argv)
-    sections = typing.get_type_hints(TrainerConfig)
-    given = {name: sections[name](**{s.name: getattr(ns, s.dest) for s in specs if s.section == name})
-             for name in FLAG_SECTIONS}
+    given = flags.sections_from(ns, _sections())
     model = load_model_json(given["megatron"].mm_model)
     data = load_data_json(given["megatron"].mm_data)
     cfg = TrainerConfig(model=model, data=data, **given)
-    _check_ranges(ns, specs)
+    flags.check_ranges(ns, _sections())
     cfg.parallel.strategy = _check_flags(cfg)
     if check_files:
         check_processor(model, data)
