@@ -24,6 +24,7 @@ from whisper_k8s.checksum import sha256_file
 from whisper_k8s.errors import ClusterError, UserError
 from whisper_k8s.transfer import protocol
 from whisper_k8s.transfer.manifest import STATE_DIR, check_relative_path, local_source_id
+from whisper_k8s.transfer.store import human_size
 from whisper_k8s.transfer.transport import Channel, Transport
 
 RECEIVER = "whisper_k8s.transfer.receive"
@@ -160,8 +161,8 @@ def upload(src: str | os.PathLike, transport: Transport, dest: str, *, checksum:
         result.resumed_files = sum(1 for _, offset in todo if offset)
         needed = sum(f.size - offset for f, offset in todo)
         if check_space and needed > hello.get("free", needed):
-            raise UserError(f"{transport.where} has {_size(hello['free'])} free but {len(todo)} files need "
-                            f"{_size(needed)}: give it more room (a larger --size) and run this again")
+            raise UserError(f"{transport.where} has {human_size(hello['free'])} free but {len(todo)} files need "
+                            f"{human_size(needed)}: give it more room (a larger --size) and run this again")
         _stream(channel, replies, todo, result, transport, quiet=quiet, desc=f"upload {src.name}")
         channel.write(protocol.encode("finish"))
         channel.flush()
@@ -246,18 +247,10 @@ def _stopped(transport: Transport, channel: Channel, what: str, message: dict | 
     ended = channel.close(abort=True)
     stored = f"{result.sent_files} file(s) stored and kept" if result else "nothing was sent"
     if message and message.get("kind") == "full":
-        return UserError(f"{transport.where} is full ({message['why']}; {_size(message.get('free', 0))} free); "
+        return UserError(f"{transport.where} is full ({message['why']}; {human_size(message.get('free', 0))} free); "
                          f"{stored}: give it more room (a larger --size) and run the same command again to send "
                          "the rest")
     detail = (message or {}).get("why") or ended.stderr.strip().splitlines()[-1:] or [f"exit {ended.code}"]
     detail = detail if isinstance(detail, str) else detail[0]
     return ClusterError(f"the transfer to {transport.where} stopped: {what} ({detail}); {stored}: run the same "
                         "command again, it resumes where it stopped")
-
-
-def _size(count: int) -> str:
-    """``512 KiB``, ``3.0 MiB``, ``1.25 GiB``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
-        if count >= scale:
-            return f"{count / scale:.{2 if unit == 'GiB' else 1}f} {unit}"
-    return f"{count / 1024:.0f} KiB"

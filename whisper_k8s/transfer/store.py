@@ -46,6 +46,14 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def human_size(count: int) -> str:
+    """``512 KiB``, ``3.0 MiB``, ``1.25 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if count >= scale:
+            return f"{count / scale:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{count / 1024:.0f} KiB"
+
+
 class VolumeStore:
     """The destination folder of a transfer, its manifest and its partial files."""
 
