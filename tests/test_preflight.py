@@ -42,7 +42,7 @@ def test_a_tree_without_the_language_names_claim_path_and_fix(cv_dataset, tmp_pa
     assert f"claim cv11 {cv_dataset}: lacks hi/train" in err
     assert "dataset upload SRC --claim cv11" in err and "data.language/data.split" in err
     assert log.read_text().strip() == err  # what Kubernetes shows as the init container's termination message
-    assert "is not a Common Voice 11 tree: no n_shards.json" in failed(
+    assert f"{tmp_path}: not a Common Voice 11 tree (no n_shards.json" in failed(
         capsys, "--dataset", str(tmp_path), "--lang", "en")
 
 

@@ -89,7 +89,8 @@ def check_dataset(root: Path, languages: list[str], split: str, *, claim: str | 
     report = check_tree(root, languages, [split])
     missing = report.missing(languages, [split])
     if not report.is_tree or missing:
-        what = report.summary() if not report.is_tree else f"lacks {', '.join(missing)} ({'; '.join(report.problems)})"
+        what = (f"not a Common Voice 11 tree ({'; '.join(report.problems)})" if not report.is_tree
+                else f"lacks {', '.join(missing)} ({'; '.join(report.problems)})")
         raise PreflightFailed(_where(claim, root), what,
                               "upload the Common Voice 11 tree (python -m whisper_k8s dataset upload SRC --claim "
                               f"{claim or 'NAME'}) or set data.language/data.split to what the claim holds")
