@@ -99,27 +99,16 @@ def check_dataset(root: Path, languages: list[str], split: str, *, claim: str | 
 
 def check_pretrained(folder: Path, preset: str, *, claim: str | None = None) -> str:
     """A Hugging Face Whisper folder whose weights have exactly the preset's shapes."""
+    from whisper_k8s.assets.model_folder import ModelFolderProblem, read_whisper_folder
     from whisper_k8s.chart import preset_path
-    from whisper_k8s.convert.hf_config import describe_size, infer_dimensions, preset_problems
-    from whisper_k8s.convert.sources import open_source
 
-    fix = (f"upload a Hugging Face Whisper {preset} folder (python -m whisper_k8s assets upload-model SRC "
-           f"--claim {claim or 'NAME'}), or choose the preset that matches it")
-    config = folder / "config.json"
     try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError) as err:
-        raise PreflightFailed(_where(claim, config), f"missing or unreadable ({err.__class__.__name__})", fix) from None
-    if model_type != "whisper":
-        raise PreflightFailed(_where(claim, config), f"model_type is {model_type!r}, not 'whisper'", fix)
-    try:
-        shapes = open_source(folder).shapes()
-    except UserError as err:
-        raise PreflightFailed(_where(claim, folder), str(err).split(": ", 1)[-1], fix) from None
-    problems = preset_problems(shapes, json.loads(preset_path(preset).read_text()))
-    if problems:
-        raise PreflightFailed(_where(claim, folder), f"{describe_size(infer_dimensions(shapes))} does not match "
-                              f"preset {preset} ({problems[0]}; {len(problems)} difference(s))", fix)
+        read_whisper_folder(folder, json.loads(preset_path(preset).read_text()), preset)
+    except ModelFolderProblem as err:
+        raise PreflightFailed(_where(claim, err.path), err.what,
+                              f"upload a Hugging Face Whisper {preset} folder (python -m whisper_k8s assets "
+                              f"upload-model SRC --claim {claim or 'NAME'}), or choose the preset that matches "
+                              "it") from None
     return f"pretrained {preset} weights in {folder}"
 
 
