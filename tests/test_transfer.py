@@ -226,3 +226,16 @@ def test_a_damaged_partial_file_is_sent_again_from_the_start(source, tmp_path):
     result = upload(source, local_transport("claim test"), str(dest), quiet=True)
     assert result.resumed_files == 1 and not result.rejected
     assert assert_whole(source, dest) == {f.path for f in scan(source)}
+
+
+def test_dataset_upload_refuses_a_folder_that_is_not_a_tree_unless_asked(cv_dataset, tmp_path):
+    from whisper_k8s.dataset.upload import summary, upload_dataset
+
+    with pytest.raises(UserError, match="is not a Common Voice 11 tree.*--any-folder"):
+        upload_dataset(cv_dataset / "audio", local_transport("claim test"), str(tmp_path / "a"), quiet=True)
+    assert not (tmp_path / "a").exists()
+    plain = upload_dataset(cv_dataset / "audio", local_transport("claim test"), str(tmp_path / "a"),
+                           any_folder=True, quiet=True)
+    assert plain.sent_files == 2 and plain.tree is None
+    tree = upload_dataset(cv_dataset, local_transport("claim test"), str(tmp_path / "cv"), quiet=True)
+    assert summary(tree, "claim test").splitlines()[1] == "claim test: Common Voice 11 tree with en: train, test"
