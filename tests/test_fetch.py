@@ -126,9 +126,10 @@ def test_an_interrupted_s3_download_continues_with_a_range_request(s3_env, publi
     dest = tmp_path / "cv11"
     listed = {f.path: f for f in fetch_module.open_source("s3://datasets/cv11").list()}
     extra = listed["extra.bin"]
-    incoming = VolumeStore(dest).begin("extra.bin", extra.size, extra.source, md5=True)
-    incoming.write((published / "extra.bin").read_bytes()[: BIG // 3])
-    incoming.suspend()  # what a killed fetch leaves: a partial file, nothing under the final name
+    with VolumeStore(dest) as store:
+        incoming = store.begin("extra.bin", extra.size, extra.source, md5=True)
+        incoming.write((published / "extra.bin").read_bytes()[: BIG // 3])
+        incoming.suspend()  # what a killed fetch leaves: a partial file, nothing under the final name
     assert not (dest / "extra.bin").exists()
     result = fetch("s3://datasets/cv11", str(dest))
     others = sum(f.size for name, f in listed.items() if name != "extra.bin")
@@ -198,9 +199,10 @@ def test_fetch_a_common_voice_tree_over_http(http_root, published, tmp_path):
 def test_fetch_one_file_over_http_restarts_when_the_server_ignores_ranges(http_root, published, tmp_path):
     dest = tmp_path / "one"
     listed = fetch_module.open_source(f"{http_root}/cv11/extra.bin").list()[0]
-    incoming = VolumeStore(dest).begin("extra.bin", listed.size, listed.source)
-    incoming.write(b"x" * 1000)
-    incoming.suspend()
+    with VolumeStore(dest) as store:
+        incoming = store.begin("extra.bin", listed.size, listed.source)
+        incoming.write(b"x" * 1000)
+        incoming.suspend()
     result = fetch(f"{http_root}/cv11/extra.bin", str(dest))
     assert result.fetched_bytes == BIG and (dest / "extra.bin").read_bytes() == (published / "extra.bin").read_bytes()
     with pytest.raises(UserError, match="answered 404 .*check the URL"):

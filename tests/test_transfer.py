@@ -239,3 +239,12 @@ def test_dataset_upload_refuses_a_folder_that_is_not_a_tree_unless_asked(cv_data
     assert plain.sent_files == 2 and plain.tree is None
     tree = upload_dataset(cv_dataset, local_transport("claim test"), str(tmp_path / "cv"), quiet=True)
     assert summary(tree, "claim test").splitlines()[1] == "claim test: Common Voice 11 tree with en: train, test"
+
+
+def test_one_transfer_at_a_time_per_destination(source, tmp_path):
+    from whisper_k8s.transfer.store import VolumeStore
+
+    with VolumeStore(tmp_path / "cv"):
+        with pytest.raises(ClusterError, match="stopped.*another upload or fetch into .* is running"):
+            upload(source, local_transport("claim test"), str(tmp_path / "cv"), quiet=True)
+    assert upload(source, local_transport("claim test"), str(tmp_path / "cv"), quiet=True).sent_files

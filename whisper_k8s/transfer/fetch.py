@@ -161,11 +161,18 @@ def _fetch_one(store: VolumeStore, source, file: RemoteFile) -> int:
 def fetch(url: str, dest: str, *, endpoint: str | None = None, languages: list[str] | None = None,
           verify: bool = False, progress_seconds: float = 10.0) -> FetchResult:
     """Fetch ``url`` into ``dest`` (see the module doc)."""
-    from whisper_k8s.transfer.store import Rejected
-
     started = time.monotonic()
     source = open_source(url, endpoint=endpoint, languages=languages)
-    store = VolumeStore(dest)
+    with VolumeStore(dest) as store:
+        result = _fetch_into(store, source, url, verify=verify, progress_seconds=progress_seconds)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _fetch_into(store: VolumeStore, source, url: str, *, verify: bool, progress_seconds: float) -> FetchResult:
+    from whisper_k8s.transfer.store import Rejected
+
+    started, dest = time.monotonic(), store.root
     present = store.manifest.present(verify=verify)
     files = source.list()
     todo = [f for f in files if (r := present.get(f.path)) is None or (r.size, r.source) != (f.size, f.source)]
@@ -202,7 +209,6 @@ def fetch(url: str, dest: str, *, endpoint: str | None = None, languages: list[s
         raise ClusterError(f"{err}: the store served other bytes than it announced; fetch again") from None
     finally:
         store.manifest.compact()
-    result.seconds = time.monotonic() - started
     return result
 
 

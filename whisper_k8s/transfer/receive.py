@@ -59,7 +59,12 @@ def _receive_file(store: VolumeStore, message: dict, stdin: BinaryIO) -> bytes:
 
 def serve(dest: str, stdin: BinaryIO, stdout: BinaryIO, *, verify: bool = False, check: str | None = None) -> int:
     """Run one transfer into ``dest``; the exit status (see the module doc)."""
-    store = VolumeStore(dest)
+    with VolumeStore(dest) as store:
+        return _serve(store, stdin, stdout, verify=verify, check=check)
+
+
+def _serve(store: VolumeStore, stdin: BinaryIO, stdout: BinaryIO, *, verify: bool, check: str | None) -> int:
+    dest = store.root
     stdout.write(hello(store, verify=verify))
     stdout.flush()
     try:

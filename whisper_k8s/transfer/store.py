@@ -1,7 +1,8 @@
 """Writing files onto a volume so that nothing under a final name is ever incomplete.
 
-A file arrives in ``.whisper-k8s/partial/<key>`` (``key`` from its path, size and source identity) with a
-sidecar ``<key>.json`` naming it. Only when every byte is there and the digest matches what the other side
+A file arrives in ``.whisper-k8s/partial/<key>`` (``key`` from its path, size and source identity), files of
+1 MiB and more with a sidecar ``<key>.json`` naming it (what makes them resumable; a smaller partial file is
+removed by the next transfer and its file sent again). Only when every byte is there and the digest matches what the other side
 announced is it fsynced, renamed to its final path (one atomic rename on the same file system) and recorded
 in the manifest. An interrupted write leaves the partial file, which a later transfer of the very same
 source continues from where it stopped; a full volume removes it (its bytes are better used elsewhere).
@@ -10,6 +11,7 @@ source continues from where it stopped; a full volume removes it (its bytes are 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -17,9 +19,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from whisper_k8s.errors import UserError
 from whisper_k8s.transfer.manifest import STATE_DIR, Record, VolumeManifest, check_relative_path
 
 PARTIAL_DIR = "partial"
+LOCK = "lock"
+RESUMABLE_BYTES = 1 << 20  # smaller files are simply sent again: no sidecar, so no extra file per small file
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _CHUNK = 1 << 20
 
@@ -60,8 +65,32 @@ class VolumeStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.manifest = VolumeManifest.load(self.root)
         self.partial_dir = self.root / STATE_DIR / PARTIAL_DIR
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.root / STATE_DIR / LOCK, "a")  # noqa: SIM115 - held while this process writes
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another upload or fetch into {self.root} is running: wait for it to end, or stop "
+                            "it, then run this again") from None
+        self.manifest = VolumeManifest.load(self.root)
+        self._drop_orphans()
+
+    def close(self) -> None:
+        """Release the destination for the next transfer."""
+        self._lock.close()
+
+    def __enter__(self) -> VolumeStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _drop_orphans(self) -> None:
+        """Partial files without a sidecar (small files of an interrupted transfer) are of no further use."""
+        for data in self.partial_dir.iterdir():
+            if data.suffix != ".json" and not data.with_name(data.name + ".json").exists():
+                data.unlink(missing_ok=True)
 
     def partials(self) -> dict[str, Partial]:
         """Unfinished files by path (the newest one when a path has several sources)."""
@@ -96,10 +125,9 @@ class Incoming:
         self.data, sidecar = self.files_of(store, path, size, source)
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
-        store.partial_dir.mkdir(parents=True, exist_ok=True)
         if offset:
             self._continue(offset)
-        else:
+        elif size >= RESUMABLE_BYTES:
             sidecar.write_text(json.dumps({"path": path, "size": size, "source": source}))
         self.handle = open(self.data, "r+b" if offset else "wb")  # noqa: SIM115 - closed by finish/suspend/discard
         self.handle.seek(offset)
