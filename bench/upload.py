@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--large-mib", type=int, default=256, help="MiB of large files in the shards tree")
     parser.add_argument("--small-files", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clips", type=int, default=256, help="clips prepared per run")
+    parser.add_argument("--clips", type=int, default=1024, help="clips prepared per run")
     parser.add_argument("--shares", default="1,2", help="numbers of parallel prepare shares (comma list)")
     args = parser.parse_args()
     env_path = os.pathsep.join([str(ROOT), str(ROOT / "trainer"), os.environ.get("PYTHONPATH", "")])
