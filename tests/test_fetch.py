@@ -113,13 +113,13 @@ def test_sigv4_matches_the_published_aws_example():
 def test_fetch_from_s3_then_rerun_fetches_nothing(s3_env, published, tmp_path):
     dest = tmp_path / "claim" / "cv11"
     first = fetch("s3://datasets/cv11", str(dest))
-    assert first.fetched_files == sum(1 for p in published.rglob("*") if p.is_file())
+    assert first.stored_files == sum(1 for p in published.rglob("*") if p.is_file())
     assert same_tree(published, dest)
     assert check_tree(dest).held == {"en": ["train", "test"]}
     records = VolumeManifest.load(dest).files
-    assert records["extra.bin"].size == BIG and len(records) == first.fetched_files
+    assert records["extra.bin"].size == BIG and len(records) == first.stored_files
     again = fetch("s3://datasets/cv11/", str(dest))
-    assert (again.fetched_files, again.kept_files) == (0, first.fetched_files)
+    assert (again.stored_files, again.kept_files) == (0, first.stored_files)
 
 
 def test_an_interrupted_s3_download_continues_with_a_range_request(s3_env, published, tmp_path):
@@ -133,7 +133,7 @@ def test_an_interrupted_s3_download_continues_with_a_range_request(s3_env, publi
     assert not (dest / "extra.bin").exists()
     result = fetch("s3://datasets/cv11", str(dest))
     others = sum(f.size for name, f in listed.items() if name != "extra.bin")
-    assert result.fetched_bytes == others + BIG - BIG // 3
+    assert result.stored_bytes == others + BIG - BIG // 3
     assert same_tree(published, dest)
 
 
@@ -190,8 +190,8 @@ def test_fetch_a_common_voice_tree_over_http(http_root, published, tmp_path):
     dest = tmp_path / "cv11"
     result = fetch(f"{http_root}/cv11/", str(dest), languages=["en"])
     assert check_tree(dest).held == {"en": ["train", "test"]}
-    assert result.fetched_files == 4 + 1  # n_shards.json, two transcripts, two shards: what n_shards.json lists
-    assert fetch(f"{http_root}/cv11/", str(dest)).fetched_files == 0
+    assert result.stored_files == 4 + 1  # n_shards.json, two transcripts, two shards: what n_shards.json lists
+    assert fetch(f"{http_root}/cv11/", str(dest)).stored_files == 0
     with pytest.raises(UserError, match="--lang hi: not in"):
         fetch(f"{http_root}/cv11/", str(dest), languages=["hi"])
 
@@ -204,6 +204,6 @@ def test_fetch_one_file_over_http_restarts_when_the_server_ignores_ranges(http_r
         incoming.write(b"x" * 1000)
         incoming.suspend()
     result = fetch(f"{http_root}/cv11/extra.bin", str(dest))
-    assert result.fetched_bytes == BIG and (dest / "extra.bin").read_bytes() == (published / "extra.bin").read_bytes()
+    assert result.stored_bytes == BIG and (dest / "extra.bin").read_bytes() == (published / "extra.bin").read_bytes()
     with pytest.raises(UserError, match="answered 404 .*check the URL"):
         fetch(f"{http_root}/cv11/missing.bin", str(dest))

@@ -94,13 +94,13 @@ def test_upload_then_rerun_sends_nothing_and_reports_the_tree(source, tmp_path):
     transport = local_transport("claim test")
     first = upload(source, transport, str(dest), check="common-voice", quiet=True)
     files = scan(source)
-    assert first.sent_files == len(files) and first.sent_bytes == sum(f.size for f in files)
+    assert first.stored_files == len(files) and first.stored_bytes == sum(f.size for f in files)
     assert assert_whole(source, dest) == {f.path for f in files}
     assert first.tree["held"] == {"en": ["train", "test"]} and not first.tree["problems"]
     assert not list((dest / STATE_DIR / "partial").glob("*"))
 
     again = upload(source, transport, str(dest), quiet=True)
-    assert (again.sent_files, again.sent_bytes, again.kept_files) == (0, 0, len(files))
+    assert (again.stored_files, again.stored_bytes, again.kept_files) == (0, 0, len(files))
 
 
 def test_killed_receiver_leaves_nothing_that_looks_complete_and_a_rerun_sends_only_the_rest(source, tmp_path):
@@ -120,7 +120,7 @@ def test_killed_receiver_leaves_nothing_that_looks_complete_and_a_rerun_sends_on
     resumed = upload(source, local_transport("claim test"), str(dest), quiet=True)
     rest = sum(files[name].size for name in set(files) - stored)
     assert resumed.resumed_files == 1 and resumed.kept_files == len(stored)
-    assert resumed.sent_bytes == rest - received
+    assert resumed.stored_bytes == rest - received
     assert assert_whole(source, dest) == set(files)
     assert not list((dest / STATE_DIR / "partial").iterdir())
 
@@ -153,10 +153,10 @@ def test_a_damaged_file_on_the_volume_is_sent_again(source, tmp_path):
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
     quick = upload(source, transport, str(dest), quiet=True)
-    assert quick.sent_files == 1 and truncated.read_bytes() == (source / "transcript/en/test.tsv").read_bytes()
+    assert quick.stored_files == 1 and truncated.read_bytes() == (source / "transcript/en/test.tsv").read_bytes()
     assert shard.read_bytes() != (source / "audio/en/train/en_train_0.tar").read_bytes()
     verified = upload(source, transport, str(dest), verify=True, quiet=True)
-    assert verified.sent_files == 1 and assert_whole(source, dest)
+    assert verified.stored_files == 1 and assert_whole(source, dest)
 
 
 def test_a_changed_source_file_replaces_the_stored_one(source, tmp_path):
@@ -164,7 +164,7 @@ def test_a_changed_source_file_replaces_the_stored_one(source, tmp_path):
     transport = local_transport("claim test")
     upload(source, transport, str(dest), quiet=True)
     (source / "transcript/en/train.tsv").write_text("client_id\tpath\tsentence\n")
-    assert upload(source, transport, str(dest), quiet=True).sent_files == 1
+    assert upload(source, transport, str(dest), quiet=True).stored_files == 1
     assert (dest / "transcript/en/train.tsv").read_text() == "client_id\tpath\tsentence\n"
 
 
@@ -236,7 +236,7 @@ def test_dataset_upload_refuses_a_folder_that_is_not_a_tree_unless_asked(cv_data
     assert not (tmp_path / "a").exists()
     plain = upload_dataset(cv_dataset / "audio", local_transport("claim test"), str(tmp_path / "a"),
                            any_folder=True, quiet=True)
-    assert plain.sent_files == 2 and plain.tree is None
+    assert plain.stored_files == 2 and plain.tree is None
     tree = upload_dataset(cv_dataset, local_transport("claim test"), str(tmp_path / "cv"), quiet=True)
     assert summary(tree, "claim test").splitlines()[1] == "claim test: Common Voice 11 tree with en: train, test"
 
@@ -247,4 +247,4 @@ def test_one_transfer_at_a_time_per_destination(source, tmp_path):
     with VolumeStore(tmp_path / "cv"):
         with pytest.raises(ClusterError, match="stopped.*another upload or fetch into .* is running"):
             upload(source, local_transport("claim test"), str(tmp_path / "cv"), quiet=True)
-    assert upload(source, local_transport("claim test"), str(tmp_path / "cv"), quiet=True).sent_files
+    assert upload(source, local_transport("claim test"), str(tmp_path / "cv"), quiet=True).stored_files

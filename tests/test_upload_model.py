@@ -18,7 +18,7 @@ def test_a_whisper_folder_is_sent_whole_and_passes_the_preflight_there(hf_whispe
     dest = tmp_path / "models" / "whisper-tiny"
     result = upload_model(hf_whisper_tiny, local_transport("claim models"), str(dest), preset="tiny", quiet=True)
     names = sorted(p.name for p in hf_whisper_tiny.iterdir())
-    assert result.sent_files == len(names) and sorted(VolumeManifest.load(dest).files) == names
+    assert result.stored_files == len(names) and sorted(VolumeManifest.load(dest).files) == names
     assert all((dest / n).read_bytes() == (hf_whisper_tiny / n).read_bytes() for n in names)
     assert preflight(["--pretrained", str(dest), "--preset", "tiny"]) == 0
 

@@ -62,7 +62,7 @@ def read_whisper_folder(folder: str | os.PathLike, preset: Mapping | None = None
 
 def upload_model(src: str | os.PathLike, transport, dest: str, *, preset: str | None = None, quiet: bool = False):
     """Check ``src`` here (UserError naming the fix before anything is sent), then send it into ``dest`` on
-    the models volume with the verified, resumable transfer (``transfer.send``); the UploadResult."""
+    the models volume with the verified, resumable transfer (``transfer.send``); the TransferResult."""
     from whisper_k8s.chart import preset_path
     from whisper_k8s.transfer.send import upload
 

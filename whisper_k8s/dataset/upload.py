@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 
 from whisper_k8s.dataset.tree_check import TreeReport, require_tree
-from whisper_k8s.transfer.send import UploadResult, upload
-from whisper_k8s.transfer.store import human_size
+from whisper_k8s.transfer.send import upload
+from whisper_k8s.transfer.store import TransferResult, human_size
 from whisper_k8s.transfer.transport import Transport
 
 
 def upload_dataset(src: str | os.PathLike, transport: Transport, dest: str, *, any_folder: bool = False,
-                   **options) -> UploadResult:
+                   **options) -> TransferResult:
     """Send ``src`` into ``dest``; without ``any_folder`` a SRC that is not a Common Voice tree is refused
     before anything is sent (UserError naming the fix)."""
     if not any_folder:
@@ -23,10 +23,10 @@ def upload_dataset(src: str | os.PathLike, transport: Transport, dest: str, *, a
     return upload(src, transport, dest, check=None if any_folder else "common-voice", **options)
 
 
-def summary(result: UploadResult, where: str) -> str:
+def summary(result: TransferResult, where: str) -> str:
     """What the command prints: what was sent and kept, and the tree the destination holds now."""
-    rate = result.sent_bytes / max(result.seconds, 1e-9)
-    lines = [f"sent {result.sent_files} file(s), {human_size(result.sent_bytes)} in {result.seconds:.1f} s "
+    rate = result.stored_bytes / max(result.seconds, 1e-9)
+    lines = [f"sent {result.stored_files} file(s), {human_size(result.stored_bytes)} in {result.seconds:.1f} s "
              f"({human_size(int(rate))}/s); {result.kept_files} already there ({human_size(result.kept_bytes)})"
              + (f"; {result.resumed_files} continued from a partial file" if result.resumed_files else "")]
     if result.tree is not None:

@@ -31,7 +31,7 @@ from pathlib import PurePosixPath
 
 from whisper_k8s.dataset import common_voice_layout as cv
 from whisper_k8s.errors import ClusterError, UserError, WhisperK8sError
-from whisper_k8s.transfer.store import VolumeFull, VolumeStore, free_bytes, human_size
+from whisper_k8s.transfer.store import TransferResult, VolumeFull, VolumeStore, free_bytes, human_size
 
 LOG = logging.getLogger("whisper_k8s.transfer.fetch")
 CHUNK = 1 << 20
@@ -132,14 +132,6 @@ def open_source(url: str, *, endpoint: str | None = None, languages: list[str] |
                     "or https://HOST/PATH/FILE")
 
 
-@dataclass
-class FetchResult:
-    fetched_files: int = 0
-    fetched_bytes: int = 0
-    kept_files: int = 0
-    seconds: float = 0.0
-
-
 def _fetch_one(store: VolumeStore, source, file: RemoteFile) -> int:
     """Download one file into the store (continuing a partial one); the bytes transferred."""
     partial = store.partials().get(file.path)
@@ -159,7 +151,7 @@ def _fetch_one(store: VolumeStore, source, file: RemoteFile) -> int:
 
 
 def fetch(url: str, dest: str, *, endpoint: str | None = None, languages: list[str] | None = None,
-          verify: bool = False, progress_seconds: float = 10.0) -> FetchResult:
+          verify: bool = False, progress_seconds: float = 10.0) -> TransferResult:
     """Fetch ``url`` into ``dest`` (see the module doc)."""
     started = time.monotonic()
     source = open_source(url, endpoint=endpoint, languages=languages)
@@ -169,14 +161,14 @@ def fetch(url: str, dest: str, *, endpoint: str | None = None, languages: list[s
     return result
 
 
-def _fetch_into(store: VolumeStore, source, url: str, *, verify: bool, progress_seconds: float) -> FetchResult:
+def _fetch_into(store: VolumeStore, source, url: str, *, verify: bool, progress_seconds: float) -> TransferResult:
     from whisper_k8s.transfer.store import Rejected
 
     started, dest = time.monotonic(), store.root
     present = store.manifest.present(verify=verify)
     files = source.list()
     todo = [f for f in files if (r := present.get(f.path)) is None or (r.size, r.source) != (f.size, f.source)]
-    result = FetchResult(kept_files=len(files) - len(todo))
+    result = TransferResult(kept_files=len(files) - len(todo))
     total = sum(f.size for f in todo)
     if total > free_bytes(store.root):
         raise UserError(f"{dest} has {human_size(free_bytes(store.root))} free but {len(todo)} files need "
@@ -188,22 +180,22 @@ def _fetch_into(store: VolumeStore, source, url: str, *, verify: bool, progress_
         for number, file in enumerate(todo, start=1):
             for attempt in range(1, ATTEMPTS + 1):
                 try:
-                    result.fetched_bytes += _fetch_one(store, source, file)
+                    result.stored_bytes += _fetch_one(store, source, file)
                     break
                 except (ClusterError, Rejected, OSError) as err:
                     if isinstance(err, VolumeFull) or attempt == ATTEMPTS:
                         raise
                     LOG.warning("%s: %s; trying again (%d of %d)", file.path, err, attempt + 1, ATTEMPTS)
                     time.sleep(attempt)
-            result.fetched_files += 1
+            result.stored_files += 1
             if time.monotonic() - last >= progress_seconds or number == len(todo):
                 last = time.monotonic()
-                rate = result.fetched_bytes / max(1e-9, last - started)
+                rate = result.stored_bytes / max(1e-9, last - started)
                 LOG.info("%d/%d files, %.2f of %.2f GiB, %.1f MiB/s, ETA %.0f s", number, len(todo),
-                         result.fetched_bytes / 2**30, total / 2**30, rate / 2**20,
-                         (total - result.fetched_bytes) / max(rate, 1.0))
+                         result.stored_bytes / 2**30, total / 2**30, rate / 2**20,
+                         (total - result.stored_bytes) / max(rate, 1.0))
     except VolumeFull as err:
-        raise UserError(f"{dest} is full ({err.strerror}); {result.fetched_files} file(s) fetched and kept: give "
+        raise UserError(f"{dest} is full ({err.strerror}); {result.stored_files} file(s) fetched and kept: give "
                         "the claim more room (a larger --size) and fetch again to get the rest") from None
     except Rejected as err:
         raise ClusterError(f"{err}: the store served other bytes than it announced; fetch again") from None
@@ -229,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     except WhisperK8sError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    print(f"fetched {result.fetched_files} file(s), {result.fetched_bytes / 2**20:.1f} MiB in {result.seconds:.1f} s; "
+    print(f"fetched {result.stored_files} file(s), {result.stored_bytes / 2**20:.1f} MiB in {result.seconds:.1f} s; "
           f"{result.kept_files} already there", file=sys.stderr)
     if args.check:
         from whisper_k8s.dataset.tree_check import check_tree

@@ -17,14 +17,14 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from whisper_k8s.checksum import sha256_file
 from whisper_k8s.errors import ClusterError, UserError
 from whisper_k8s.transfer import protocol
 from whisper_k8s.transfer.manifest import STATE_DIR, check_relative_path, local_source_id
-from whisper_k8s.transfer.store import human_size
+from whisper_k8s.transfer.store import TransferResult, human_size
 from whisper_k8s.transfer.transport import Channel, Transport
 
 RECEIVER = "whisper_k8s.transfer.receive"
@@ -37,19 +37,6 @@ class LocalFile:
     full: Path
     size: int
     source: str
-
-
-@dataclass
-class UploadResult:
-    sent_files: int = 0
-    sent_bytes: int = 0
-    kept_files: int = 0
-    kept_bytes: int = 0
-    resumed_files: int = 0
-    seconds: float = 0.0
-    files_on_volume: int = 0
-    tree: dict | None = None
-    rejected: list[str] = field(default_factory=list)
 
 
 def scan(src: Path) -> list[LocalFile]:
@@ -142,7 +129,7 @@ def _send_file(channel: Channel, file: LocalFile, offset: int, bar) -> None:
 
 def upload(src: str | os.PathLike, transport: Transport, dest: str, *, checksum: bool = False,
            verify: bool = False, check: str | None = None, check_space: bool = True,
-           quiet: bool = False) -> UploadResult:
+           quiet: bool = False) -> TransferResult:
     """Send ``src`` into ``dest`` (a path where the receiver runs); see the module doc."""
     started = time.monotonic()
     src = Path(src)
@@ -151,7 +138,7 @@ def upload(src: str | os.PathLike, transport: Transport, dest: str, *, checksum:
     files = scan(src)
     args = [dest] + (["--verify"] if verify else []) + (["--check", check] if check else [])
     channel = transport.open(RECEIVER, args)
-    replies, result, finished = _Replies(channel), UploadResult(), False
+    replies, result, finished = _Replies(channel), TransferResult(), False
     try:
         hello = replies.next()
         if hello is None or hello.get("type") != "hello":
@@ -185,7 +172,7 @@ def upload(src: str | os.PathLike, transport: Transport, dest: str, *, checksum:
 class _Round:
     """The files of one pass that await an answer, and what the answers decide."""
 
-    def __init__(self, result: UploadResult, bar, may_retry: bool):
+    def __init__(self, result: TransferResult, bar, may_retry: bool):
         self.result, self.bar, self.may_retry = result, bar, may_retry
         self.pending: dict[str, tuple[LocalFile, int]] = {}
         self.retry: list[tuple[LocalFile, int]] = []
@@ -193,8 +180,8 @@ class _Round:
     def settle(self, reply: dict) -> None:
         file, offset = self.pending.pop(reply["path"])
         if reply["type"] == "stored":
-            self.result.sent_files += 1
-            self.result.sent_bytes += file.size - offset
+            self.result.stored_files += 1
+            self.result.stored_bytes += file.size - offset
         elif offset and self.may_retry:
             self.retry.append((file, 0))
             self.bar.total += file.size
@@ -202,7 +189,7 @@ class _Round:
             self.result.rejected.append(f"{file.path}: {reply.get('why')}")
 
 
-def _stream(channel: Channel, replies: _Replies, todo: list, result: UploadResult, transport: Transport,
+def _stream(channel: Channel, replies: _Replies, todo: list, result: TransferResult, transport: Transport,
             *, quiet: bool, desc: str) -> None:
     """Send every planned file, settling answers as they come; resend from the start, once, each resumed
     file whose whole did not verify (its partial prefix was not what the sender has)."""
@@ -227,12 +214,12 @@ def _stream(channel: Channel, replies: _Replies, todo: list, result: UploadResul
 
 
 def _until(replies: _Replies, kinds: set[str], transport: Transport, channel: Channel,
-           result: UploadResult) -> dict:
+           result: TransferResult) -> dict:
     return _expect(replies.next(), kinds, transport, channel, result)
 
 
 def _expect(message: dict | None, kinds: set[str], transport: Transport, channel: Channel,
-            result: UploadResult) -> dict:
+            result: TransferResult) -> dict:
     if message is None or message["type"] == "fatal":
         raise _stopped(transport, channel, "the receiver stopped", message, result)
     if message["type"] not in kinds:
@@ -242,10 +229,10 @@ def _expect(message: dict | None, kinds: set[str], transport: Transport, channel
 
 
 def _stopped(transport: Transport, channel: Channel, what: str, message: dict | None,
-             result: UploadResult | None = None):
+             result: TransferResult | None = None):
     """The one-line error for a transfer that ended early (full volume, lost receiver, failed start)."""
     ended = channel.close(abort=True)
-    stored = f"{result.sent_files} file(s) stored and kept" if result else "nothing was sent"
+    stored = f"{result.stored_files} file(s) stored and kept" if result else "nothing was sent"
     if message and message.get("kind") == "full":
         return UserError(f"{transport.where} is full ({message['why']}; {human_size(message.get('free', 0))} free); "
                          f"{stored}: give it more room (a larger --size) and run the same command again to send "

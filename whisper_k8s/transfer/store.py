@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisper_k8s.errors import UserError
@@ -35,6 +35,21 @@ class VolumeFull(OSError):
 
 class Rejected(ValueError):
     """A received file does not verify (size or digest); nothing was written under its name."""
+
+
+@dataclass
+class TransferResult:
+    """What one upload or fetch did: files (and bytes) stored now, those already there, the tree check."""
+
+    stored_files: int = 0
+    stored_bytes: int = 0
+    kept_files: int = 0
+    kept_bytes: int = 0
+    resumed_files: int = 0
+    seconds: float = 0.0
+    files_on_volume: int = 0
+    tree: dict | None = None
+    rejected: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
