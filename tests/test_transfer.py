@@ -248,3 +248,12 @@ def test_one_transfer_at_a_time_per_destination(source, tmp_path):
         with pytest.raises(ClusterError, match="stopped.*another upload or fetch into .* is running"):
             upload(source, local_transport("claim test"), str(tmp_path / "cv"), quiet=True)
     assert upload(source, local_transport("claim test"), str(tmp_path / "cv"), quiet=True).stored_files
+
+
+def test_dataset_check_command(cv_dataset, capsys):
+    from whisper_k8s.cli.main import main
+
+    assert main(["dataset", "check", str(cv_dataset)]) == 0
+    assert capsys.readouterr().out.strip() == "Common Voice 11 tree with en: train, test"
+    assert main(["dataset", "check", str(cv_dataset), "--lang", "en,hi", "--split", "train"]) == 2
+    assert "incomplete: hi: not in n_shards.json (it lists en)" in capsys.readouterr().out

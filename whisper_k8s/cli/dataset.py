@@ -1,4 +1,5 @@
-"""`dataset`: make Common Voice 11 trees (`synth`) and precompute their features for training (`prepare`)."""
+"""`dataset`: make Common Voice 11 trees (`synth`), check them (`check`) and precompute their features for
+training (`prepare`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ EXAMPLES = """
   python -m whisper_k8s dataset synth --out /tmp/cv-bad --train 8 --test 2 --broken corrupt_mp3,missing_audio
   python -m whisper_k8s dataset prepare --source /data/common_voice_11_0 --out /data/cv11-hi-v3 --lang hi \
       --split train,test --processor /models/whisper-large-v3 --preset large-v3
+  python -m whisper_k8s dataset check /data/common_voice_11_0 --lang hi --split train,test
   python -m whisper_k8s dataset prepare --source /data/cv11 --out /data/cv11-hi-v3 --lang hi \
       --processor /models/whisper-large-v3 --preset large-v3 --parallel 4
 """
@@ -48,9 +50,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from whisper_k8s.cli._prepare import add_prepare
 
     add_prepare(sub)
+    check = sub.add_parser("check", help="say which languages and splits a folder holds as a valid Common Voice 11 "
+                                         "tree, or what is missing (exit 2 when a requested one is not held)")
+    check.add_argument("root", metavar="DIR")
+    check.add_argument("--lang", help="languages that must be held (comma list)")
+    check.add_argument("--split", help="splits that must be held (comma list)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dataset_command == "check":
+        from whisper_k8s.dataset.tree_check import print_check
+
+        return print_check(args.root, args.lang.split(",") if args.lang else None,
+                           args.split.split(",") if args.split else None)
     if args.dataset_command == "prepare":
         from whisper_k8s.cli._prepare import run_prepare
 

@@ -112,17 +112,21 @@ def require_tree(root: str | Path, *, flag: str = "SRC", any_folder_flag: str | 
     raise UserError(f"{flag} {report.summary()}: {fix}")
 
 
+def print_check(root: str | Path, languages: list[str] | None = None, splits: list[str] | None = None) -> int:
+    """Print the summary; 0 when the tree holds something and every requested language/split, else 2."""
+    report = check_tree(root, languages, splits)
+    print(report.summary())
+    return 0 if report.is_tree and report.held and not report.missing(languages or [], splits or []) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m whisper_k8s.dataset.tree_check", description=__doc__)
     parser.add_argument("root")
     parser.add_argument("--lang", help="languages that must be held (comma list)")
     parser.add_argument("--split", help="splits that must be held (comma list)")
     args = parser.parse_args(argv)
-    languages = args.lang.split(",") if args.lang else None
-    splits = args.split.split(",") if args.split else None
-    report = check_tree(args.root, languages, splits)
-    print(report.summary())
-    return 0 if report.is_tree and not report.missing(languages or [], splits or []) and report.held else 2
+    return print_check(args.root, args.lang.split(",") if args.lang else None,
+                       args.split.split(",") if args.split else None)
 
 
 if __name__ == "__main__":
