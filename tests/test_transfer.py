@@ -257,3 +257,9 @@ def test_dataset_check_command(cv_dataset, capsys):
     assert capsys.readouterr().out.strip() == "Common Voice 11 tree with en: train, test"
     assert main(["dataset", "check", str(cv_dataset), "--lang", "en,hi", "--split", "train"]) == 2
     assert "incomplete: hi: not in n_shards.json (it lists en)" in capsys.readouterr().out
+
+
+def test_an_unreadable_source_file_is_named(source, tmp_path):
+    (source / "gone").symlink_to(tmp_path / "nowhere")  # a dangling link (root would read a mode-000 file)
+    with pytest.raises(UserError, match=r"SRC file .*gone cannot be read \(No such file"):
+        upload(source, local_transport("claim test"), str(tmp_path / "cv"), quiet=True)

@@ -46,7 +46,10 @@ def scan(src: Path) -> list[LocalFile]:
         dirs[:] = sorted(d for d in dirs if not (Path(folder) == src and d == STATE_DIR))
         for name in sorted(names):
             full = Path(folder) / name
-            stat = full.stat()
+            try:
+                stat = full.stat()
+            except OSError as err:
+                raise UserError(f"SRC file {full} cannot be read ({err.strerror}): fix or remove it") from None
             if not full.is_file():
                 continue
             relative = check_relative_path(full.relative_to(src).as_posix())
@@ -111,9 +114,14 @@ class _Replies:
 
 def _send_file(channel: Channel, file: LocalFile, offset: int, bar) -> None:
     """Header, the bytes from ``offset``, the trailer with the whole file's sha256."""
+    try:
+        handle = open(file.full, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as err:
+        raise UserError(f"SRC file {file.full} cannot be read ({err.strerror}): fix its permissions or remove "
+                        "it, then run the same command again") from None
     channel.write(protocol.encode("file", path=file.path, size=file.size, source=file.source, offset=offset))
     digest, left = hashlib.sha256(), file.size - offset
-    with open(file.full, "rb") as handle:
+    with handle:
         while handle.tell() < offset and (chunk := handle.read(min(protocol.CHUNK, offset - handle.tell()))):
             digest.update(chunk)
         while left:
