@@ -61,7 +61,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.parallel is not None and args.parallel < 1 or args.count is not None and args.count < 1:
         raise UserError("--parallel/--count must be at least 1")
     if args.parallel:
-        parallel.run_local(args.parallel, _forwarded(args), workers=args.workers)
+        for output in parallel.run_local(args.parallel, _forwarded(args), workers=args.workers):
+            print(output.splitlines()[0])
         totals = parallel.read_result(args.out)
         print(f"prepared {totals['usable']} of {totals['samples']} samples ({n_mels} mels, {n_frames} frames) with "
               f"{args.parallel} processes: {totals['shards']} shard(s), {totals['bytes'] / 2**20:.1f} MiB")
