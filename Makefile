@@ -55,7 +55,15 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps "openai-whisper==$(WHISPER_SDIST_VERSION)"
 	@touch $(STAMP)
 
-setup: system-deps helm $(STAMP)  ## everything the tests and the demo need
+# A real S3-compatible server for the fetch tests (moto's standalone server, request signatures checked), in its
+# own environment: botocore pins python-dateutil below what the kubernetes client needs, so it cannot share .venv.
+S3_SERVER := $(TOOLS)/s3-server/bin/moto_server
+$(S3_SERVER):
+	@echo "setup: moto[server] (S3-compatible test server) into $(TOOLS)/s3-server"
+	@$(PYTHON) -m venv $(TOOLS)/s3-server
+	@$(TOOLS)/s3-server/bin/python -m pip install -q --disable-pip-version-check "moto[server]==5.2.5"
+
+setup: system-deps helm $(STAMP) $(S3_SERVER)  ## everything the tests and the demo need
 	@echo "setup: done ($$($(PY) --version), $$(helm version --short))"
 
 test: setup  ## run the whole test suite (what .ci/run calls)

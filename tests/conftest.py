@@ -82,3 +82,17 @@ def cv_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cv") / "common_voice_11_0"
     synthesize(out, lang="en", train=16, test=4, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def hf_whisper_tiny(tmp_path_factory) -> Path:
+    """A Hugging Face Whisper folder of the chart's tiny preset (random weights), as transformers saves it."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from whisper_k8s.chart import preset_path
+
+    preset = json.loads(preset_path("tiny").read_text())
+    fields = {k: v for k, v in preset.items() if k not in ("model_id", "ckpt_path", "torch_dtype")}
+    folder = tmp_path_factory.mktemp("hf") / "whisper-tiny"
+    WhisperForConditionalGeneration(WhisperConfig(**fields)).save_pretrained(folder)
+    return folder

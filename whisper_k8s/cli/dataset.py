@@ -1,4 +1,5 @@
-"""`dataset`: make Common Voice 11 trees (`synth`) and precompute their features for training (`prepare`)."""
+"""`dataset`: make Common Voice 11 trees (`synth`), check them (`check`) and precompute their features for
+training (`prepare`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ EXAMPLES = """
   python -m whisper_k8s dataset synth --out /tmp/cv-bad --train 8 --test 2 --broken corrupt_mp3,missing_audio
   python -m whisper_k8s dataset prepare --source /data/common_voice_11_0 --out /data/cv11-hi-v3 --lang hi \
       --split train,test --processor /models/whisper-large-v3 --preset large-v3
+  python -m whisper_k8s dataset check /data/common_voice_11_0 --lang hi --split train,test
+  python -m whisper_k8s dataset prepare --source /data/cv11 --out /data/cv11-hi-v3 --lang hi \
+      --processor /models/whisper-large-v3 --preset large-v3 --parallel 4
 """
 
 
@@ -43,35 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"clips per tar shard (default {DEFAULT_SHARD_SIZE})",
     )
     synth.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    _add_prepare(sub)
+    from whisper_k8s.cli._prepare import add_prepare
 
-
-def _add_prepare(sub) -> None:
-    from whisper_k8s.dataset.prepare import DEFAULT_SHARD_SIZE
-
-    prepare = sub.add_parser(
-        "prepare",
-        help="compute log-mel features and labels once into shards the trainer reads instead of decoding MP3 "
-             "(multi-epoch pretraining); point data.json's dataset_name_or_path at --out",
-    )
-    prepare.add_argument("--source", required=True, help="Common Voice 11 root (audio/, transcript/, n_shards.json)")
-    prepare.add_argument("--out", required=True,
-                         help="folder for the prepared shards; re-running with the same arguments resumes")
-    prepare.add_argument("--lang", required=True, help="Common Voice locale(s), comma list")
-    prepare.add_argument("--split", default="train", help="split(s), comma list (default train)")
-    prepare.add_argument("--processor", required=True, help="Hugging Face Whisper processor folder")
-    geometry = prepare.add_mutually_exclusive_group()
-    geometry.add_argument("--preset", help="chart model preset giving n_mels and the window (default large-v3)")
-    geometry.add_argument("--n-mels", type=int, help="mel bins (the model's num_mel_bins; 30 s window)")
-    prepare.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
-    prepare.add_argument("--workers", type=int, help="processes (default: all cores)")
-    prepare.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                         help=f"transcript rows per shard (default {DEFAULT_SHARD_SIZE})")
+    add_prepare(sub)
+    check = sub.add_parser("check", help="say which languages and splits a folder holds as a valid Common Voice 11 "
+                                         "tree, or what is missing (exit 2 when a requested one is not held)")
+    check.add_argument("root", metavar="DIR")
+    check.add_argument("--lang", help="languages that must be held (comma list)")
+    check.add_argument("--split", help="splits that must be held (comma list)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dataset_command == "check":
+        from whisper_k8s.dataset.tree_check import print_check
+
+        return print_check(args.root, args.lang.split(",") if args.lang else None,
+                           args.split.split(",") if args.split else None)
     if args.dataset_command == "prepare":
-        return _run_prepare(args)
+        from whisper_k8s.cli._prepare import run_prepare
+
+        return run_prepare(args)
     from whisper_k8s.dataset.synth import synthesize
 
     result = synthesize(
@@ -91,21 +86,4 @@ def run(args: argparse.Namespace) -> int:
     for sample in result.broken:
         print(f"broken {sample['kind']}: {sample['lang']}/{sample['split']} {sample['path']}")
     print(f"wrote Common Voice 11 tree to {result.root}")
-    return 0
-
-
-def _run_prepare(args: argparse.Namespace) -> int:
-    from whisper_k8s.dataset.prepare import prepare, preset_geometry
-
-    n_mels, n_frames = (args.n_mels, 3000) if args.n_mels else preset_geometry(args.preset or "large-v3")
-    result = prepare(args.source, args.out, languages=args.lang, splits=args.split, processor_dir=args.processor,
-                     n_mels=n_mels, n_frames=n_frames, task=args.task, workers=args.workers,
-                     shard_size=args.shard_size)
-    skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(result.skipped.items())) or "none"
-    print(f"prepared {result.usable} of {result.samples} samples ({n_mels} mels, {n_frames} frames) in "
-          f"{result.seconds:.1f} s: {result.shards_written} shard(s) written, {result.shards_kept} kept from an "
-          f"earlier run, {result.feature_bytes / 2**20:.1f} MiB, "
-          f"{1000 * result.shard_cpu_seconds / max(1, result.samples_written):.1f} ms CPU per sample written; "
-          f"skipped: {skipped}")
-    print(f"wrote {result.root}; set dataset_name_or_path in data.json to it")
     return 0

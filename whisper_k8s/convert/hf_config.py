@@ -101,14 +101,19 @@ def _preset_files() -> list[Path]:
         return []
 
 
-def matching_preset(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
-    """The chart preset whose every MindSpeed-MM key and shape ``shapes`` (either key style) equals."""
+def preset_problems(shapes: Mapping[str, tuple[int, ...]], preset: Mapping) -> list[str]:
+    """How ``shapes`` (either key style; a tied head may be absent) differ from ``preset``'s; [] when equal."""
     mm_shapes = {hf_to_mm_key(k): tuple(v) for k, v in shapes.items()}
     if TIED_EMBEDDING in mm_shapes:
         mm_shapes.setdefault(LM_HEAD, mm_shapes[TIED_EMBEDDING])  # HF checkpoints omit the tied head
+    return check_mm_state(mm_shapes, preset)
+
+
+def matching_preset(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
+    """The chart preset whose every MindSpeed-MM key and shape ``shapes`` (either key style) equals."""
     for path in _preset_files():
         preset = json.loads(path.read_text())
-        if not check_mm_state(mm_shapes, preset):
+        if not preset_problems(shapes, preset):
             return path.stem, preset
     return None
 

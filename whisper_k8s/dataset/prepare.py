@@ -56,16 +56,28 @@ def preset_geometry(preset: str) -> tuple[int, int]:
     return int(fields["num_mel_bins"]), 2 * int(fields["max_source_positions"])
 
 
-def prepare(source: str | os.PathLike, out: str | os.PathLike, *, languages: list[str] | str, splits: list[str] | str,
-            processor_dir: str | os.PathLike, n_mels: int, n_frames: int = 3000, task: str = "transcribe",
-            workers: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE) -> PrepareResult:
-    """Prepare ``languages`` x ``splits`` of the Common Voice 11 root ``source`` into ``out``."""
+@dataclass
+class Preparation:
+    """Everything a run needs, the same in every process of a parallel run: the plan (written to
+    ``prepare-plan.json``), the shard jobs ``(lang, split, number, start, stop)`` in order, and what the workers
+    read."""
+
+    out: Path
+    plan: dict
+    jobs: list[tuple]
+    context: _WorkerContext
+
+
+def plan_preparation(source: str | os.PathLike, out: str | os.PathLike, *, languages: list[str] | str,
+                     splits: list[str] | str, processor_dir: str | os.PathLike, n_mels: int, n_frames: int = 3000,
+                     task: str = "transcribe", workers: int | None = None,
+                     shard_size: int = DEFAULT_SHARD_SIZE) -> Preparation:
+    """Check the arguments and the source, claim ``out`` for this plan and list the shard jobs."""
     from whisper_trainer.data.catalog import build_catalog
     from whisper_trainer.data.features import mel_filters
     from whisper_trainer.data.labels import LabelEncoder
     from whisper_trainer.data.prepared import FORMAT, FORMAT_VERSION, processor_identity
 
-    started = time.monotonic()
     source, out = Path(source).resolve(), Path(out)
     languages, splits = _as_list(languages, "--lang"), _as_list(splits, "--split")
     _check_arguments(splits=splits, n_mels=n_mels, n_frames=n_frames, workers=workers, shard_size=shard_size)
@@ -90,25 +102,36 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, *, languages: lis
         for (lang, split), catalog in catalogs.items()
         for number, start in enumerate(range(0, len(catalog), shard_size))
     ]
-    result = PrepareResult(root=out)
+    return Preparation(out, plan, jobs, _WorkerContext(catalogs, encoder, filters, n_frames, out))
+
+
+def prepare_shards(preparation: Preparation, jobs: list[tuple], workers: int | None,
+                   result: PrepareResult) -> dict[tuple, dict]:
+    """Records of ``jobs`` by (lang, split, number): shards that verify are kept, the others written."""
     records, todo = {}, []
     for job in jobs:
-        record = verified_shard(out, job)
+        record = verified_shard(preparation.out, job)
         if record is None:
             todo.append(job)
         else:
             records[job[:3]] = record
             result.shards_kept += 1
-    context = _WorkerContext(catalogs, encoder, filters, n_frames, out)
-    for job, (record, cpu_seconds) in zip(todo, _run(context, todo, workers or os.cpu_count() or 1), strict=True):
+    for job, (record, cpu_seconds) in zip(todo, _run(preparation.context, todo, workers or os.cpu_count() or 1),
+                                          strict=True):
         records[job[:3]] = record
         result.shards_written += 1
         result.samples_written += record["samples"]
         result.shard_cpu_seconds += cpu_seconds
+    return records
+
+
+def write_manifest(preparation: Preparation, records: dict[tuple, dict], result: PrepareResult) -> None:
+    """``manifest.json`` from every shard's record, written last (its presence means the folder is whole)."""
+    plan = preparation.plan
     manifest = {key: plan[key] for key in plan if key not in ("shard_size", "languages")}
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest["languages"] = {}
-    for lang, split, number, _, _ in jobs:
+    for lang, split, number, _, _ in preparation.jobs:
         record = records[(lang, split, number)]
         entry = manifest["languages"].setdefault(lang, {}).setdefault(
             split, {"samples": 0, "usable": 0, "skipped": {}, "shards": []})
@@ -120,7 +143,18 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, *, languages: lis
         result.usable += record["usable"]
         result.skipped.update(record["skipped"])
         result.feature_bytes += record["bytes"]
-    write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    write_text(preparation.out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+
+
+def prepare(source: str | os.PathLike, out: str | os.PathLike, *, workers: int | None = None,
+            **options) -> PrepareResult:
+    """Prepare ``languages`` x ``splits`` of the Common Voice 11 root ``source`` into ``out`` (keywords: see
+    :func:`plan_preparation`)."""
+    started = time.monotonic()
+    preparation = plan_preparation(source, out, workers=workers, **options)
+    result = PrepareResult(root=preparation.out)
+    records = prepare_shards(preparation, preparation.jobs, workers, result)
+    write_manifest(preparation, records, result)
     result.seconds = time.monotonic() - started
     return result
 
@@ -249,25 +283,37 @@ def _write_group(writer, reader, log_mel, catalog, rows: range) -> None:
 
 
 def _claim_output(out: Path, plan: dict) -> None:
-    """Make ``out`` ours for this plan: new or empty, or an earlier run of the very same plan (resume)."""
+    """Make ``out`` ours for this plan: new or empty, or an earlier run of the very same plan (resume).
+
+    Safe when the processes of a parallel run start together: the plan file is created only if absent
+    (a hard link of a finished temp file), and hidden entries (temp files, ``.prepare/``) do not make a folder
+    "not empty"; whoever comes second finds the plan and compares it."""
     plan_file = out / PLAN
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder for the prepared dataset")
-    if out.is_dir() and any(out.iterdir()):
-        try:
-            earlier = json.loads(plan_file.read_text())
-        except (OSError, ValueError):
-            raise UserError(f"--out {out} is not empty and holds no {PLAN} of an earlier prepare run: give a new "
-                            "or empty folder (nothing there was changed)") from None
-        changed = [key for key in plan if earlier.get(key) != plan[key]]
-        if changed:
-            raise UserError(
-                f"--out {out} holds a preparation of something else ({', '.join(changed)} differ from {plan_file}): "
-                "give another --out, or delete that folder to prepare it anew (nothing there was changed)"
-            )
-        return
+    if not plan_file.is_file() and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise UserError(f"--out {out} is not empty and holds no {PLAN} of an earlier prepare run: give a new "
+                        "or empty folder (nothing there was changed)")
     out.mkdir(parents=True, exist_ok=True)
-    write_text(plan_file, json.dumps(plan, indent=1) + "\n")
+    if not plan_file.is_file():
+        temp = write_text(out / f".{PLAN}.{os.getpid()}", json.dumps(plan, indent=1) + "\n")
+        try:
+            os.link(temp, plan_file)
+            return
+        except FileExistsError:
+            pass  # another process of this run was first: compare with its plan
+        finally:
+            temp.unlink()
+    try:
+        earlier = json.loads(plan_file.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{plan_file} is unreadable: delete --out {out} to prepare it anew") from None
+    changed = [key for key in plan if earlier.get(key) != plan[key]]
+    if changed:
+        raise UserError(
+            f"--out {out} holds a preparation of something else ({', '.join(changed)} differ from {plan_file}): "
+            "give another --out, or delete that folder to prepare it anew (nothing there was changed)"
+        )
 
 
 def _as_list(value: list[str] | str, flag: str) -> list[str]:
