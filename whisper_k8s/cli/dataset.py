@@ -11,7 +11,7 @@ EXAMPLES = """
   python -m whisper_k8s dataset synth --out runs/data/common_voice_11_0 --lang en --train 200 --test 20
   python -m whisper_k8s dataset synth --out /tmp/cv-hi --lang hi --train 16 --test 4 --seed 3
   python -m whisper_k8s dataset synth --out /tmp/cv-bad --train 8 --test 2 --broken corrupt_mp3,missing_audio
-  python -m whisper_k8s dataset prepare --source /data/common_voice_11_0 --out /data/cv11-hi-v3 --lang hi \
+  python -m whisper_k8s dataset prepare --source /data/common_voice_11_0 --out /data/cv11-hi-v3 --lang hi \\
       --split train,test --processor /models/whisper-large-v3 --preset large-v3
 """
 
@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_prepare(sub) -> None:
+    from whisper_k8s.chart import preset_names
     from whisper_k8s.dataset.prepare import DEFAULT_SHARD_SIZE
 
     prepare = sub.add_parser(
@@ -61,7 +62,8 @@ def _add_prepare(sub) -> None:
     prepare.add_argument("--split", default="train", help="split(s), comma list (default train)")
     prepare.add_argument("--processor", required=True, help="Hugging Face Whisper processor folder")
     geometry = prepare.add_mutually_exclusive_group()
-    geometry.add_argument("--preset", help="chart model preset giving n_mels and the window (default large-v3)")
+    geometry.add_argument("--preset", help=f"chart model preset giving n_mels and the window: "
+                                           f"{', '.join(preset_names())} (default large-v3)")
     geometry.add_argument("--n-mels", type=int, help="mel bins (the model's num_mel_bins; 30 s window)")
     prepare.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
     prepare.add_argument("--workers", type=int, help="processes (default: all cores)")
