@@ -51,7 +51,10 @@ def cli_argv(command: str) -> list[str] | None:
     command = command.strip().removeprefix("$ ").replace("$PWD", str(ROOT))
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
-    tokens = list(lexer)
+    try:
+        tokens = list(lexer)
+    except ValueError:  # not shell (a block of output with an apostrophe)
+        return None
     for end, token in enumerate(tokens):
         if token and set(token) <= set("|&;<>"):
             tokens = tokens[:end]
@@ -177,6 +180,14 @@ def test_preset_help_names_every_preset_the_chart_ships():
     text = " ".join(out.getvalue().split())
     presets = sorted(p.stem for p in (ROOT / "helm/files/model-presets").glob("*.json"))
     assert "demo" in presets and f"model preset: {', '.join(presets)}" in text
+
+
+def test_help_works_where_no_chart_is_found(monkeypatch, tmp_path):
+    monkeypatch.setenv("WHISPER_K8S_CHART", str(tmp_path))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        main(["submit", "--help"])
+    assert done.value.code == 0 and "set WHISPER_K8S_CHART" in " ".join(out.getvalue().split())
 
 
 NOTES_CASES = [("pytorchjob", "cpu", 1, "none"), ("pytorchjob", "nvidia", 2, "none"),

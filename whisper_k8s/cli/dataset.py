@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_prepare(sub) -> None:
-    from whisper_k8s.chart import preset_names
+    from whisper_k8s.chart import presets_text
     from whisper_k8s.dataset.prepare import DEFAULT_SHARD_SIZE
 
     prepare = sub.add_parser(
@@ -63,7 +63,7 @@ def _add_prepare(sub) -> None:
     prepare.add_argument("--processor", required=True, help="Hugging Face Whisper processor folder")
     geometry = prepare.add_mutually_exclusive_group()
     geometry.add_argument("--preset", help=f"chart model preset giving n_mels and the window: "
-                                           f"{', '.join(preset_names())} (default large-v3)")
+                                           f"{presets_text()} (default large-v3)")
     geometry.add_argument("--n-mels", type=int, help="mel bins (the model's num_mel_bins; 30 s window)")
     prepare.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
     prepare.add_argument("--workers", type=int, help="processes (default: all cores)")

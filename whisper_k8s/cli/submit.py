@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="training image, e.g. registry:5000/whisper-k8s:0.1.0")
     parser.add_argument("--dataset", help="Common Voice 11 root: an existing PVC name, or an absolute host path")
     parser.add_argument("--pretrained", help="pretrained HF model folder under /models to start from")
-    parser.add_argument("--preset", help=f"model preset: {', '.join(chart.preset_names())} (the chart's "
+    parser.add_argument("--preset", help=f"model preset: {chart.presets_text()} (the chart's "
                                          "files/model-presets)")
     parser.add_argument("--language", help="Common Voice locale(s), e.g. hi or hi,en")
     parser.add_argument("--operator", choices=("pytorchjob", "trainjob"),
