@@ -84,33 +84,28 @@ bench: setup  ## run the benchmarks (bench/results/*.json)
 	$(PY) bench/train_throughput.py
 
 IMAGE_REF   = $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT)
-# Extra build arguments, e.g. BUILD_ARGS="--build-arg CANN_BASE=registry.example/cann:8.2.rc1-910b-ubuntu22.04-py3.10"
+# The image's base; empty: the Dockerfile's (python:3.10-slim-bookworm, the CUDA or the CANN image).
+BASE_IMAGE ?=
+# Extra build arguments, e.g. BUILD_ARGS="--build-arg MINDSPEED_REPO=https://mirror.example/MindSpeed.git"
 BUILD_ARGS ?=
-
-# make wheelhouse: the image's Python packages for WHEEL_PYTHON/WHEEL_ARCH (not this host's) into ./wheelhouse,
-# which `make image` then installs from with no network (docker/README.md, air-gapped builds).
+# make wheelhouse: the image's Python packages for WHEEL_PYTHON/WHEEL_ARCH (not this host's) and torch
+# WHEEL_TORCH (empty: the Dockerfile's) into ./wheelhouse, recorded in wheelhouse/wheelhouse.env; `make image`
+# then installs from it alone and passes the recorded versions itself (docker/README.md, air-gapped builds).
 WHEEL_PYTHON ?= 3.10
 WHEEL_ARCH   ?= $(shell uname -m)
-WHEEL_DIR    ?= wheelhouse
+WHEEL_TORCH  ?=
+IMAGE_ENV = VARIANT=$(VARIANT) CONTAINER_ENGINE=$(CONTAINER_ENGINE) IMAGE_REF=$(IMAGE_REF) \
+            BASE_IMAGE=$(BASE_IMAGE) PLATFORMS=$(PLATFORMS)
 
 wheelhouse:  ## download every Python package of the $(VARIANT) image (Python $(WHEEL_PYTHON), $(WHEEL_ARCH)) into ./wheelhouse, for air-gapped builds
-	VARIANT=$(VARIANT) WHEELHOUSE=$(WHEEL_DIR) PYTHON_VERSION=$(WHEEL_PYTHON) ARCH=$(WHEEL_ARCH) \
-	  PIP_PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/wheelhouse.sh
+	@VARIANT=$(VARIANT) PYTHON_VERSION=$(WHEEL_PYTHON) ARCH=$(WHEEL_ARCH) TORCH_VERSION=$(WHEEL_TORCH) \
+	  PIP_PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/image.sh wheelhouse
 
-image:  ## build the $(VARIANT) image (cpu, nvidia, ascend) for this machine as $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT); uses ./wheelhouse when it holds wheels
-	@test -f docker/Dockerfile.$(VARIANT) || { echo "image: VARIANT must be cpu, nvidia or ascend (no docker/Dockerfile.$(VARIANT))"; exit 2; }
-	mkdir -p wheelhouse
-	$(CONTAINER_ENGINE) build -f docker/Dockerfile.$(VARIANT) -t $(IMAGE_REF) $(BUILD_ARGS) .
+image:  ## build the $(VARIANT) image (cpu, nvidia, ascend) for this machine as $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT); offline from ./wheelhouse when it holds wheels
+	@$(IMAGE_ENV) scripts/image.sh build $(BUILD_ARGS)
 
 push:  ## build the $(VARIANT) image for $(PLATFORMS) and push it (docker: buildx; podman: a manifest list)
-	@test -f docker/Dockerfile.$(VARIANT) || { echo "push: VARIANT must be cpu, nvidia or ascend (no docker/Dockerfile.$(VARIANT))"; exit 2; }
-	mkdir -p wheelhouse
-ifeq ($(notdir $(CONTAINER_ENGINE)),podman)
-	$(CONTAINER_ENGINE) build --platform $(PLATFORMS) --manifest $(IMAGE_REF) -f docker/Dockerfile.$(VARIANT) $(BUILD_ARGS) .
-	$(CONTAINER_ENGINE) manifest push --all $(IMAGE_REF) docker://$(IMAGE_REF)
-else
-	$(CONTAINER_ENGINE) buildx build --platform $(PLATFORMS) -f docker/Dockerfile.$(VARIANT) -t $(IMAGE_REF) $(BUILD_ARGS) --push .
-endif
+	@$(IMAGE_ENV) scripts/image.sh push $(BUILD_ARGS)
 
 clean:  ## remove the virtual environment and tools (keeps runs/)
 	rm -rf $(VENV) $(TOOLS)

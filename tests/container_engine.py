@@ -7,11 +7,13 @@ Kept here, not in the product: how an engine is found or started, how the air-ga
   background (no systemd here) on a private socket, with its data under ``.tools/docker`` (a cache, like the
   wheelhouse: images built there speed up the next run; ``make clean`` removes it), and stopped by its PID at
   the end of the session. Where none can start, the tests skip with the reason.
-* No registry is reachable, so no base image can be pulled: the CPU image's base is Debian bookworm made with
-  ``debootstrap --variant=minbase`` from the mirror apt uses, with python3 (3.11), venv, libsndfile and CA
-  certificates, imported with ``docker import`` (the tarball is cached under ``.tools/images``).
-* Inside containers HTTPS goes through an intercepting proxy, so the image's packages come from a wheelhouse
-  downloaded on the host (``scripts/wheelhouse.sh``, cached under ``.tools/wheelhouse`` by its inputs).
+* The CPU image is built as docker/README.md's air-gapped section writes it (:func:`readme_build` reads its
+  commands), in a copy of the repository as a user would copy it: no base image can be pulled here, so the base
+  is Debian bookworm made with ``debootstrap --variant=minbase`` from the mirror apt uses, with python3 (3.11),
+  venv, libsndfile and CA certificates, imported under the README's tag (the tarball is cached under
+  ``.tools/images``); inside containers HTTPS goes through an intercepting proxy, so the packages come from the
+  README's ``make wheelhouse`` run on the host (cached under ``.tools/wheelhouse`` by its inputs), and the
+  README's ``make image`` builds offline from it, with no build argument of the tests' own.
 * Podman (``WHISPER_K8S_TEST_ENGINE=podman``) needs, on these machines, the runc runtime, the cgroupfs
   cgroup manager and ulimits within the hard limits: :data:`PODMAN_ARGS` / :func:`podman_ulimits`.
 """
@@ -23,22 +25,19 @@ import hashlib
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".tools"
 BASE_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "libsndfile1", "ca-certificates")
-BASE_PYTHON = "3.11"  # Debian bookworm's python3; the product images target 3.10 (docker/README.md)
-TEST_IMAGE = "localhost/whisper-k8s-test:0.1.0-cpu"
 PODMAN_ARGS = ["--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 
 
@@ -188,53 +187,120 @@ def base_image(engine: Engine) -> str:
     return tag
 
 
-def torch_version() -> str:
-    """The torch release of the test environment (its wheel is what pip finds here for the base's Python)."""
-    return metadata.version("torch").split("+")[0]
+@dataclass
+class ReadmeBuild:
+    """The air-gapped CPU build exactly as docker/README.md writes it (its section below)."""
+
+    wheelhouse: list[str]  # `make wheelhouse VARIANT=cpu ...`, on the host with a package index
+    debootstrap: str  # the base image's root file system
+    base_tag: str  # what `docker import` names it
+    image: list[str]  # `make image VARIANT=cpu ...`, on the air-gapped host
+
+    def make_variable(self, name: str) -> str:
+        return next(arg.split("=", 1)[1] for arg in self.wheelhouse + self.image if arg.startswith(f"{name}="))
 
 
-def wheelhouse() -> Path:
-    """The CPU image's wheelhouse for the base's Python, downloaded on the host; cached by its inputs."""
+README_SECTION = "## Building without the PyTorch index, or on an air-gapped host"
+
+
+def readme_build() -> ReadmeBuild:
+    """The commands of docker/README.md's air-gapped section, for the CPU image."""
+    text = (ROOT / "docker" / "README.md").read_text()
+    lines = [line.strip() for line in text.split(README_SECTION, 1)[1].split("\n## ", 1)[0].splitlines()]
+
+    def line(prefix: str) -> str:
+        return next(found for found in lines if found.startswith(prefix))
+
+    imported = line("tar -C rootfs -c . | docker import - ")
+    return ReadmeBuild(wheelhouse=shlex.split(line("make wheelhouse VARIANT=cpu")), debootstrap=line("debootstrap "),
+                       base_tag=imported.rsplit(" ", 1)[1], image=shlex.split(line("make image VARIANT=cpu")))
+
+
+def copy_checkout(dest: Path) -> Path:
+    """The repository as a user copies it to a build host: what make, the scripts and the build context use
+    (links kept), with the virtual environment `make setup` made (the python `make wheelhouse` downloads with)."""
+    for name in ("Makefile", ".dockerignore", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("whisper_k8s", "trainer", "helm", "docker", "scripts"):
+        shutil.copytree(ROOT / name, dest / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    if (ROOT / ".venv").exists():
+        (dest / ".venv").symlink_to((ROOT / ".venv").resolve())
+    return dest
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """Copy a folder of large files as hard links where the file system allows it."""
+    try:
+        shutil.copytree(source, dest, copy_function=os.link)
+    except OSError:
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(source, dest)
+
+
+def fill_wheelhouse(build: ReadmeBuild, checkout: Path, env: dict[str, str]) -> None:
+    """``./wheelhouse`` of the checkout, made by the README's ``make wheelhouse``; cached under .tools/wheelhouse
+    by everything it depends on (the command, the requirements, the script, the Dockerfile's arguments)."""
+    dockerfile_args = re.findall(r"^ARG .*$", (ROOT / "docker/Dockerfile.cpu").read_text(), re.M)
     inputs = [(ROOT / "docker/requirements" / name).read_text() for name in ("build.txt", "train.txt")]
-    torch_index = os.environ.get("TORCH_INDEX_URL", "")
-    key = _key(BASE_PYTHON, os.uname().machine, torch_version(), torch_index, *inputs,
-               (ROOT / "scripts/wheelhouse.sh").read_text())
-    folder = CACHE / "wheelhouse" / f"cpu-{key}"
-    if folder.is_dir():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    for old in folder.parent.iterdir():  # one wheelhouse at a time: all of them are in the build context
-        shutil.rmtree(old, ignore_errors=True)
-    partial = folder.with_name(folder.name + ".partial")
-    env = dict(os.environ, VARIANT="cpu", WHEELHOUSE=str(partial), PYTHON_VERSION=BASE_PYTHON,
-               TORCH_VERSION=torch_version(), TORCH_INDEX_URL=torch_index, PIP_PYTHON=sys.executable)
-    subprocess.run([str(ROOT / "scripts/wheelhouse.sh")], check=True, env=env, capture_output=True)
-    partial.rename(folder)
-    return folder
+    key = _key(" ".join(build.wheelhouse), os.uname().machine, *inputs, *dockerfile_args,
+               (ROOT / "scripts/image.sh").read_text())
+    cached = CACHE / "wheelhouse" / f"cpu-{key}"
+    if not cached.is_dir():
+        proc = subprocess.run(build.wheelhouse, cwd=checkout, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise AssertionError(f"{shlex.join(build.wheelhouse)} failed:\n{proc.stdout[-3000:]}\n"
+                                 f"{proc.stderr[-3000:]}")
+        for old in cached.parent.glob("*") if cached.parent.is_dir() else ():  # keep one: they are large
+            shutil.rmtree(old, ignore_errors=True)
+        partial = cached.with_name(cached.name + ".partial")
+        _link_tree(checkout / "wheelhouse", partial)
+        partial.rename(cached)
+    elif not (checkout / "wheelhouse").exists():
+        _link_tree(cached, checkout / "wheelhouse")
 
 
 def build_cpu_image(engine: Engine) -> tuple[str, float, str]:
-    """``make image VARIANT=cpu`` on the local base from the wheelhouse; (tag, seconds it took, base tag)."""
-    base, wheels = base_image(engine), wheelhouse()
-    registry, rest = TEST_IMAGE.split("/", 1)
-    name, tag = rest.split(":")
-    build_args = (f"--build-arg BASE_IMAGE={base} --build-arg PYTHON_VERSION={BASE_PYTHON} "
-                  f"--build-arg TORCH_VERSION={torch_version()} --build-arg TORCH_INDEX_URL= "
-                  f"--build-arg WHEELHOUSE_CONTEXT={wheels.relative_to(ROOT)}")
-    started = time.monotonic()
-    proc = subprocess.run(["make", "--no-print-directory", "image", "VARIANT=cpu", f"CONTAINER_ENGINE={engine.cli}",
-                           f"REGISTRY={registry}", f"IMAGE={name}", f"TAG={tag.removesuffix('-cpu')}",
-                           f"BUILD_ARGS={build_args}"],
-                          cwd=ROOT, capture_output=True, text=True, env=engine.env)
+    """The CPU image built as docker/README.md's air-gapped section says, in a copy of the repository: its
+    ``make wheelhouse``, a debootstrap base tagged as it names it, its ``make image``; (image, seconds, base)."""
+    build = readme_build()
+    base = base_image(engine)
+    engine.run("tag", base, build.base_tag)
+    env = dict(engine.env, CONTAINER_ENGINE=engine.cli)  # make's CONTAINER_ENGINE ?= docker takes it
+    (CACHE / "build-hosts").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="checkout-", dir=CACHE / "build-hosts") as tmp:
+        checkout = copy_checkout(Path(tmp))
+        fill_wheelhouse(build, checkout, env)
+        started = time.monotonic()
+        proc = subprocess.run(build.image, cwd=checkout, capture_output=True, text=True, env=env)
+        seconds = time.monotonic() - started
+    log = proc.stdout + proc.stderr
     if proc.returncode:
-        raise AssertionError(f"make image failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
-    return TEST_IMAGE, time.monotonic() - started, base
+        raise AssertionError(f"{shlex.join(build.image)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
+    assert "pip-install: offline" in log and "pip-install: from the package index" not in log, log[-3000:]
+    image = re.search(r"^build: \S+ build -f docker/Dockerfile.cpu -t (\S+) ", proc.stderr, re.M).group(1)
+    return image, seconds, build.base_tag
 
 
-def remove_images(engine: Engine, *tags: str) -> None:
-    """Remove the tags we made, unless the daemon is ours (its data under .tools/docker is the build cache)."""
-    if not engine.ours:
-        engine.run("rmi", *tags, check=False)
+def image_reference(build: ReadmeBuild) -> str:
+    """The tag the README's ``make image`` gives, as make computes it (``make -n``)."""
+    proc = subprocess.run([build.image[0], "-n", *build.image[1:]], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    return re.search(r"IMAGE_REF=(\S+)", proc.stdout).group(1)
+
+
+def keep_or_remove(engine: Engine, tags: dict[str, str | None]) -> None:
+    """After the session, on an engine that is not ours: each tag we made points again at the image it named
+    before (its id), or is removed. Ours keeps them (its data under .tools/docker is the build cache)."""
+    if engine.ours:
+        return
+    for tag, previous in tags.items():
+        engine.run("tag", previous, tag, check=False) if previous else engine.run("rmi", tag, check=False)
+
+
+def image_id(engine: Engine, tag: str) -> str | None:
+    proc = engine.run("image", "inspect", "--format", "{{.Id}}", tag, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 # ------------------------------------------------------------------ one engine and one image per test session
@@ -252,10 +318,14 @@ def session_engine() -> Engine | str:
 
 
 def session_image(engine: Engine) -> tuple[str, float]:
-    """The CPU test image, built once per session; its tags are removed at exit (see remove_images)."""
+    """The CPU image, built once per session as docker/README.md says; its tags are restored at exit."""
     if "image" not in _SESSION:
-        image, seconds, base = build_cpu_image(engine)
-        _SESSION["image"] = (image, seconds)
+        build = readme_build()
+        tags = [build.base_tag, image_reference(build)]
+        before = {tag: image_id(engine, tag) for tag in tags}
         # registered after stop_engine, so it runs before it (atexit is last in, first out)
-        atexit.register(remove_images, engine, image, base)
+        atexit.register(keep_or_remove, engine, before)
+        image, seconds, _ = build_cpu_image(engine)
+        assert image in tags, (image, tags)
+        _SESSION["image"] = (image, seconds)
     return _SESSION["image"]  # type: ignore[return-value]

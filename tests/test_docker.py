@@ -61,7 +61,7 @@ def test_layers_keep_torch_out_of_code_changes(variant):
     assert [lines[i] for i in stages[1:]] == ["FROM base AS deps", "FROM base"]
     deps, final = lines[stages[1]:stages[2]], lines[stages[2]:]
     # deps: the wheelhouse, then the build tools, torch, then the pinned requirements
-    wheelhouse = first_index(deps, r"^COPY \$\{WHEELHOUSE_CONTEXT\} /wheelhouse$")
+    wheelhouse = first_index(deps, r"^COPY wheelhouse /wheelhouse$")
     torch = first_index(deps, r"pip-install .*\"torch==\$\{TORCH_VERSION\}\"")
     requirements = first_index(deps, r"pip-install -r /tmp/requirements-train.txt")
     assert wheelhouse < first_index(deps, r"python3 -m venv .*/opt/venv") < torch < requirements
@@ -86,7 +86,7 @@ def test_ascend_image_pins_the_seed_stack():
     text = dockerfile("ascend")
     for pin in ["ARG TORCH_VERSION=2.7.1", "ARG TORCH_NPU_VERSION=2.7.1",
                 "ARG MINDSPEED_COMMIT=5176c6f5f133111e55a404d82bd2dc14a809a6ab", "ARG MINDSPEED_MM_VERSION=2.2.0",
-                "ARG MEGATRON_REF=core_v0.12.1", "ARG CANN_BASE="]:
+                "ARG MEGATRON_REF=core_v0.12.1", "ARG BASE_IMAGE=ascendai/cann:"]:
         assert pin in text
     assert '"torch-npu==${TORCH_NPU_VERSION}"' in text
     assert "cp -r /tmp/Megatron-LM/megatron MindSpeed-MM/" in text
@@ -127,9 +127,9 @@ def test_dockerignore_lets_every_copied_path_through():
     for variant in VARIANTS:
         for line in instructions(variant):
             if line.startswith("COPY") and not line.startswith("COPY --from="):
-                source = line.split()[1].replace("${WHEELHOUSE_CONTEXT}", "wheelhouse")
+                source = line.split()[1]
                 assert source.split("/")[0] in allowed, f"{variant}: {source} is excluded by .dockerignore"
-    assert "wheelhouse" in allowed and ".tools/wheelhouse" in allowed  # ./wheelhouse, and the tests' cache
+    assert "wheelhouse" in allowed
 
 
 def run_entrypoint(env: dict, *argv: str) -> str:
@@ -169,26 +169,141 @@ def test_pip_install_uses_the_wheelhouse_only_when_it_has_wheels(tmp_path):
                        "torch==2.7.1"] and "offline" in message
 
 
-def make_dry_run(*args: str) -> list[str]:
-    proc = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True)
-    return proc.stdout.splitlines()
+# ------------------------------------------------- make wheelhouse / image / push (scripts/image.sh), for real
+FAKE_ENGINE = 'echo "ENGINE $(basename "$0") $*"\n'
+# pip download: say what was asked and leave a wheel in --dest, as the real one does.
+FAKE_PIP = 'echo "PIP $*"\nwhile [ $# -gt 0 ]; do [ "$1" != --dest ] || dest="$2"; shift; done\n' \
+           'touch "$dest/six-1.17.0-py2.py3-none-any.whl"\n'
+MACHINE = os.uname().machine
+HOST_PLATFORM = {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}.get(MACHINE, f"linux/{MACHINE}")
 
 
-def test_make_image_and_push_commands():
-    lines = make_dry_run("image", "push", "REGISTRY=registry.example:5000", "TAG=1.2.3", "VARIANT=ascend",
-                         "PLATFORMS=linux/arm64,linux/amd64", "BUILD_ARGS=--build-arg CANN_BASE=cann:local")
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A copy of what make's image targets use (Makefile, scripts/, docker/), with fake engines and pip on PATH:
+    the real make and scripts/image.sh run, and the engine's and pip's arguments are what they print."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copy2(ROOT / "Makefile", root)
+    for folder in ("scripts", "docker"):
+        shutil.copytree(ROOT / folder, root / folder)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name, body in (("docker", FAKE_ENGINE), ("podman", FAKE_ENGINE), ("python3", FAKE_PIP)):
+        (fake_bin / name).write_text("#!/bin/sh\n" + body)
+        (fake_bin / name).chmod(0o755)
+    return root
+
+
+@pytest.fixture(scope="module")
+def torch_index(tmp_path_factory) -> str:
+    """A package index that answers (its torch page), served on this host."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path_factory.mktemp("index")
+    (folder / "torch").mkdir()
+    (folder / "torch" / "index.html").write_text("<html></html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+CLOSED_INDEX = "http://127.0.0.1:9/whl/cpu"  # the discard port: nothing listens, the connection is refused
+
+
+def make(repo: Path, *args: str, index: str = CLOSED_INDEX) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{repo.parent / 'bin'}:{os.environ['PATH']}", "HOME": str(repo.parent), "TORCH_INDEX_URL": index}
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=repo, env=env, capture_output=True, text=True)
+
+
+def engine_calls(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line[len("ENGINE "):] for line in proc.stdout.splitlines() if line.startswith("ENGINE ")]
+
+
+def one_error(proc: subprocess.CompletedProcess) -> str:
+    """The script's error: exit 2, one line of its own (make adds its `***` line), nothing run."""
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("make: ***")]
+    assert proc.returncode == 2 and len(lines) == 1 and not engine_calls(proc), proc.stdout + proc.stderr
+    return lines[0]
+
+
+def test_image_without_a_wheelhouse_asks_the_torch_index_first(repo, torch_index):
+    line = one_error(make(repo, "image"))
+    assert line == (f"build: no wheels in ./wheelhouse and the PyTorch index {CLOSED_INDEX} does not answer from "
+                    "this host: run make wheelhouse VARIANT=cpu first (pip's own index then serves torch; "
+                    "docker/README.md), or set TORCH_INDEX_URL to a mirror of the index")
+    online = make(repo, "image", "BASE_IMAGE=base:1", index=torch_index)
+    assert engine_calls(online) == [f"docker build -f docker/Dockerfile.cpu -t localhost:5000/whisper-k8s:0.1.0-cpu "
+                                    f"--build-arg BASE_IMAGE=base:1 --build-arg TORCH_INDEX_URL={torch_index} ."]
+    assert "does not answer" in one_error(make(repo, "image", "VARIANT=nvidia"))
+    assert one_error(make(repo, "image", "VARIANT=tpu")) == ("build: VARIANT must be cpu, nvidia or ascend "
+                                                            "(no docker/Dockerfile.tpu)")
+
+
+def test_image_and_push_commands(repo, torch_index):
+    proc = make(repo, "image", "push", "REGISTRY=registry.example:5000", "TAG=1.2.3", "VARIANT=ascend",
+                "PLATFORMS=linux/arm64,linux/amd64", "BASE_IMAGE=cann:local",
+                "BUILD_ARGS=--build-arg MINDSPEED_REPO=/mirror/MindSpeed.git", index=torch_index)
     ref = "registry.example:5000/whisper-k8s:1.2.3-ascend"
-    assert f"docker build -f docker/Dockerfile.ascend -t {ref} --build-arg CANN_BASE=cann:local ." in lines
-    assert (f"docker buildx build --platform linux/arm64,linux/amd64 -f docker/Dockerfile.ascend -t {ref} "
-            "--build-arg CANN_BASE=cann:local --push .") in lines
-    assert "mkdir -p wheelhouse" in lines
-    podman = make_dry_run("push", "CONTAINER_ENGINE=podman", "VARIANT=cpu")
+    own = f"--build-arg BASE_IMAGE=cann:local --build-arg TORCH_INDEX_URL={torch_index}"
+    assert engine_calls(proc) == [
+        f"docker build -f docker/Dockerfile.ascend -t {ref} {own} --build-arg MINDSPEED_REPO=/mirror/MindSpeed.git .",
+        f"docker buildx build --platform linux/arm64,linux/amd64 -f docker/Dockerfile.ascend -t {ref} {own} "
+        "--build-arg MINDSPEED_REPO=/mirror/MindSpeed.git --push ."]
+    assert f"build: docker build -f docker/Dockerfile.ascend -t {ref} " in proc.stderr  # each command is shown
+    podman = make(repo, "push", "CONTAINER_ENGINE=podman", "VARIANT=cpu", index=torch_index)
     ref = "localhost:5000/whisper-k8s:0.1.0-cpu"
-    assert any(line.startswith(f"podman build --platform linux/amd64,linux/arm64 --manifest {ref} ") for line in podman)
-    assert f"podman manifest push --all {ref} docker://{ref}" in podman
-    bad = subprocess.run(["make", "image", "VARIANT=tpu", "CONTAINER_ENGINE=false"], cwd=ROOT,
-                         capture_output=True, text=True)
-    assert bad.returncode != 0 and "VARIANT must be cpu, nvidia or ascend" in bad.stdout
+    assert engine_calls(podman) == [
+        f"podman build --platform linux/amd64,linux/arm64 --manifest {ref} -f docker/Dockerfile.cpu "
+        f"--build-arg TORCH_INDEX_URL={torch_index} .",
+        f"podman manifest push --all {ref} docker://{ref}"]
+
+
+def test_wheelhouse_records_what_it_holds_and_image_builds_offline_to_match(repo):
+    made = make(repo, "wheelhouse", "WHEEL_PYTHON=3.11", "WHEEL_TORCH=2.13.0")
+    assert made.returncode == 0, made.stderr
+    (download, sdist) = [line.split() for line in made.stdout.splitlines() if line.startswith("PIP ")]
+    assert download[download.index("--python-version") + 1] == "3.11" and "--abi" in download
+    assert f"manylinux_2_28_{MACHINE}" in download and "torch==2.13.0" in download
+    assert "--extra-index-url" not in download  # the PyTorch index did not answer: pip's own configuration
+    assert f"the PyTorch index {CLOSED_INDEX} does not answer from this host" in made.stderr
+    assert sdist[-1] == "openai-whisper==20250625" and "--no-deps" in sdist
+    record = (repo / "wheelhouse/wheelhouse.env").read_text().splitlines()
+    assert record[1:] == ["VARIANT=cpu", f"ARCH={MACHINE}", "PYTHON_VERSION=3.11", "TORCH_VERSION=2.13.0",
+                          "WHISPER_SDIST_VERSION=20250625"]
+
+    image = make(repo, "image", "BASE_IMAGE=localhost/debian-python:bookworm")  # the index is not asked
+    assert engine_calls(image) == [
+        "docker build -f docker/Dockerfile.cpu -t localhost:5000/whisper-k8s:0.1.0-cpu --build-arg "
+        "BASE_IMAGE=localhost/debian-python:bookworm --build-arg PYTHON_VERSION=3.11 --build-arg TORCH_VERSION=2.13.0 "
+        "--build-arg WHISPER_SDIST_VERSION=20250625 ."]
+    assert (f"build: offline, every package from ./wheelhouse (the cpu image, Python 3.11, linux {MACHINE}, "
+            "torch 2.13.0)") in image.stderr
+    push = make(repo, "push", f"PLATFORMS={HOST_PLATFORM}")
+    assert engine_calls(push)[0].startswith(f"docker buildx build --platform {HOST_PLATFORM} ")
+
+    # What the wheelhouse cannot serve is refused in one line, before anything runs.
+    assert "holds the cpu image" in one_error(make(repo, "image", "VARIANT=nvidia"))
+    assert "not for linux/amd64,linux/arm64" in one_error(make(repo, "push"))
+    assert "empty it first: rm -r wheelhouse" in one_error(make(repo, "wheelhouse", "WHEEL_PYTHON=3.10"))
+    (repo / "wheelhouse/wheelhouse.env").unlink()  # an interrupted download
+    assert "no wheelhouse.env" in one_error(make(repo, "image"))
+
+
+def test_readme_air_gapped_build_is_make_commands_without_build_arguments():
+    """The image test runs these commands as they are (tests/container_engine.py): they must be all it needs."""
+    import container_engine as ce
+
+    build = ce.readme_build()
+    assert build.wheelhouse[:3] == ["make", "wheelhouse", "VARIANT=cpu"]
+    assert build.image == ["make", "image", "VARIANT=cpu", f"BASE_IMAGE={build.base_tag}"]
+    assert not any("BUILD_ARGS" in arg or "--build-arg" in arg for arg in build.wheelhouse + build.image)
+    assert build.debootstrap == (f"debootstrap --variant=minbase --include={','.join(ce.BASE_PACKAGES)} "
+                                 f"{ce.BASE_SUITE} rootfs <mirror>")
 
 
 def test_chart_default_image_is_what_make_image_tags():

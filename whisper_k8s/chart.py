@@ -51,6 +51,14 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in (chart_dir() / "files" / "model-presets").glob("*.json"))
 
 
+def presets_text() -> str:
+    """The presets as a comma list for help texts, or why there are none (--help must work without a chart)."""
+    try:
+        return ", ".join(preset_names())
+    except UserError as err:
+        return f"none found ({err})"
+
+
 def preset_path(name: str) -> Path:
     """The MindSpeed-MM model.json of preset ``name`` (e.g. "large-v3", "tiny")."""
     path = chart_dir() / "files" / "model-presets" / f"{name}.json"

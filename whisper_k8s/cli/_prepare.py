@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def add_prepare(sub) -> None:
+    from whisper_k8s.chart import presets_text
     from whisper_k8s.dataset.prepare import DEFAULT_SHARD_SIZE
 
     prepare = sub.add_parser(
@@ -22,7 +23,8 @@ def add_prepare(sub) -> None:
     prepare.add_argument("--split", default="train", help="split(s), comma list (default train)")
     prepare.add_argument("--processor", required=True, help="Hugging Face Whisper processor folder")
     geometry = prepare.add_mutually_exclusive_group()
-    geometry.add_argument("--preset", help="chart model preset giving n_mels and the window (default large-v3)")
+    geometry.add_argument("--preset", help=f"chart model preset giving n_mels and the window: {presets_text()} "
+                                           "(default large-v3)")
     geometry.add_argument("--n-mels", type=int, help="mel bins (the model's num_mel_bins; 30 s window)")
     prepare.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
     prepare.add_argument("--workers", type=int, help="processes per share (default: all cores, divided by --parallel)")

@@ -13,7 +13,7 @@ ORDER = 40
 EXAMPLES = """
   python -m whisper_k8s collect whisper-hi --to ./whisper-hi
   python -m whisper_k8s collect demo --local --to ./demo-model
-  python -m whisper_k8s collect whisper-hi --to ./whisper-hi --processor ./whisper-large-v3 --force
+  python -m whisper_k8s collect whisper-hi --to ./whisper-hi --processor runs/processor/whisper-large-v3 --force
 """
 
 

@@ -10,9 +10,9 @@ ORDER = 50
 EXAMPLES = """
   python -m whisper_k8s convert hf-to-mm /models/whisper-large-v3 /outputs/pretrained/whisper.pth
   python -m whisper_k8s convert hf-to-mm /models/whisper-large-v3 runs/pretrained-megatron --megatron --dtype bf16
-  python -m whisper_k8s convert mm-to-hf runs/demo/checkpoints runs/demo/hf --config helm/files/model-presets/tiny.json \\
+  python -m whisper_k8s convert mm-to-hf runs/demo/outputs/checkpoints runs/demo/hf-converted --config helm/files/model-presets/tiny.json \\
       --processor runs/processor/whisper-large-v3
-  python -m whisper_k8s convert inspect runs/demo/checkpoints/iter_0000300
+  python -m whisper_k8s convert inspect runs/demo/outputs/checkpoints/iter_0000300
 """
 DTYPE_CHOICES = ("fp32", "bf16", "fp16")
 

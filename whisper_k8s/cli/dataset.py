@@ -12,10 +12,10 @@ EXAMPLES = """
   python -m whisper_k8s dataset synth --out runs/data/common_voice_11_0 --lang en --train 200 --test 20
   python -m whisper_k8s dataset synth --out /tmp/cv-hi --lang hi --train 16 --test 4 --seed 3
   python -m whisper_k8s dataset synth --out /tmp/cv-bad --train 8 --test 2 --broken corrupt_mp3,missing_audio
-  python -m whisper_k8s dataset prepare --source /data/common_voice_11_0 --out /data/cv11-hi-v3 --lang hi \
+  python -m whisper_k8s dataset prepare --source /data/common_voice_11_0 --out /data/cv11-hi-v3 --lang hi \\
       --split train,test --processor /models/whisper-large-v3 --preset large-v3
   python -m whisper_k8s dataset check /data/common_voice_11_0 --lang hi --split train,test
-  python -m whisper_k8s dataset prepare --source /data/cv11 --out /data/cv11-hi-v3 --lang hi \
+  python -m whisper_k8s dataset prepare --source /data/cv11 --out /data/cv11-hi-v3 --lang hi \\
       --processor /models/whisper-large-v3 --preset large-v3 --parallel 4
 """
 

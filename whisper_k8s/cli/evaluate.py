@@ -10,7 +10,7 @@ NAME = "evaluate"
 HELP = "WER/CER of a checkpoint (HF folder, MindSpeed-MM .pth or Megatron folder) on a Common Voice split"
 ORDER = 61
 EXAMPLES = """
-  python -m whisper_k8s evaluate --model runs/demo/hf --dataset runs/demo/cv --language en --split train
+  python -m whisper_k8s evaluate --model runs/demo/hf --dataset runs/demo/dataset --language en --split train
   python -m whisper_k8s evaluate --model /outputs/checkpoints --processor /outputs/processor \\
       --dataset /data/common_voice_11_0 --language hi --split test --limit 500 --out hi-test.jsonl
 """

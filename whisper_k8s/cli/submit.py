@@ -8,6 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from whisper_k8s import chart
 from whisper_k8s.cli import _jobs
 
 NAME = "submit"
@@ -16,7 +17,8 @@ ORDER = 10
 EXAMPLES = """
   python -m whisper_k8s submit --name whisper-hi --nodes 2 --npus-per-node 8 --language hi \\
       --image registry.example.com/whisper-k8s:0.1.0 --dataset common-voice-pvc
-  python -m whisper_k8s submit --name demo --local --nodes 2 --accelerator cpu -f examples/tiny.yaml --follow
+  python -m whisper_k8s submit --name demo --local --nodes 2 --accelerator cpu -f examples/tiny.yaml \\
+      --dataset "$PWD/runs/data/common_voice_11_0" --follow
   python -m whisper_k8s submit --name demo --backend docker --nodes 2 --accelerator cpu \\
       --image localhost:5000/whisper-k8s:0.1.0-cpu --dataset /srv/common_voice_11_0 --follow
   python -m whisper_k8s submit --name whisper-hi -f runs/whisper-hi/values.yaml --set training.trainIters=600
@@ -33,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="training image, e.g. registry:5000/whisper-k8s:0.1.0")
     parser.add_argument("--dataset", help="Common Voice 11 root: an existing PVC name, or an absolute host path")
     parser.add_argument("--pretrained", help="pretrained HF model folder under /models to start from")
-    parser.add_argument("--preset", help="model preset (helm/files/model-presets): large-v3, tiny")
+    parser.add_argument("--preset", help=f"model preset: {chart.presets_text()} (the chart's "
+                                         "files/model-presets)")
     parser.add_argument("--language", help="Common Voice locale(s), e.g. hi or hi,en")
     parser.add_argument("--operator", choices=("pytorchjob", "trainjob"),
                         help="job kind: PyTorchJob (training-operator v1) or TrainJob (Kubeflow Trainer v2); "
@@ -53,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_k8s import chart, values
+    from whisper_k8s import values
     from whisper_k8s.backends import AppRequest
     from whisper_k8s.cli.logs import stream
 

@@ -14,7 +14,8 @@ EXAMPLES = """
   python -m whisper_k8s transcribe --model runs/demo/hf talk.mp3 interview.flac
   python -m whisper_k8s transcribe --model /outputs/checkpoints --processor /outputs/processor \\
       --language hi --device npu clip.wav
-  python -m whisper_k8s transcribe --model whisper.pth --processor proc/ --json *.wav > transcripts.jsonl
+  python -m whisper_k8s transcribe --model runs/demo/outputs/checkpoints --processor runs/demo/processor \\
+      --json *.wav > transcripts.jsonl
 """
 
 
