@@ -91,13 +91,13 @@ def test_submit_backend_docker_trains_and_collects(tmp_path, cv_dataset):
                         "--image", image, "--dataset", str(cv_dataset), "-f", str(values),
                         "--values-out", str(tmp_path / "v.yaml"), "--follow", env=env)
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-        assert "[master-0] " in submitted.stdout and "[worker-1] " in submitted.stdout
+        assert "[master-0] " in submitted.stdout and "[worker-0] " in submitted.stdout
         assert "iteration       2/2" in submitted.stdout and "job docker://default/dk Succeeded" in submitted.stderr
 
         status = cli("status", "dk", "--backend", "docker", env=env)
         assert "state Succeeded" in status.stdout and "dk-worker-0" in status.stdout, status.stdout
         logs = cli("logs", "dk", "--backend", "docker", "--role", "master", env=env)
-        assert "training stopped at iteration 2 (finished)" in logs.stdout and "[worker-1]" not in logs.stdout
+        assert "training stopped at iteration 2 (finished)" in logs.stdout and "[worker-0]" not in logs.stdout
         assert "dk" in cli("list", "--backend", "docker", env=env).stdout
 
         collected = cli("collect", "dk", "--backend", "docker", "--to", str(tmp_path / "model"), env=env)

@@ -176,7 +176,7 @@ def test_failed_replica_restarts_the_group_within_backoff_limit(scheduler, datas
     job = json.loads((scheduler.root / "flaky" / "job.json").read_text())
     assert job["history"][0]["outcome"] == "Failed" and job["history"][0]["exit_codes"]["worker-0"] == 3
     lines = list(scheduler.log_iter("flaky"))
-    assert lines.count("[worker-1] attempt on rank 1") == 2  # both attempts' logs are kept
+    assert lines.count("[worker-0] attempt on rank 1") == 2  # both attempts' logs are kept
 
 
 def test_backoff_limit_exceeded_fails_the_job(scheduler, dataset):
@@ -217,7 +217,7 @@ def test_status_list_logs_delete_from_fresh_processes(scheduler, dataset, tmp_pa
     listed = in_fresh_process(scheduler.root, "print([(s.name, s.state) for s in scheduler.list()])")
     assert "('sleeper', 'Running')" in listed
     logs = in_fresh_process(scheduler.root, "print('\\n'.join(scheduler.log_iter('sleeper')))")
-    assert "[master-0] ready" in logs and "[worker-1] ready" in logs
+    assert "[master-0] ready" in logs and "[worker-0] ready" in logs
     job = json.loads((scheduler.root / "sleeper" / "job.json").read_text())
     pids = [r["process"]["pid"] for r in job["replicas"].values()]
     assert scheduler.replica_processes("sleeper", "worker-0")[:1] == pids[1:]

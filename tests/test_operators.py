@@ -45,7 +45,7 @@ def test_env_per_replica_matches_operator(job_document):
     assert [r.pod_name for r in job.replicas] == [
         "whisper-ft-master-0", "whisper-ft-worker-0", "whisper-ft-worker-1", "whisper-ft-worker-2"]
     assert [r.node_rank for r in job.replicas] == [0, 1, 2, 3]
-    assert [r.label for r in job.replicas] == ["master-0", "worker-0", "worker-1", "worker-2"]
+    assert [r.name for r in job.replicas] == ["master-0", "worker-0", "worker-1", "worker-2"]
     worker = job.replica("worker-1")
     assert worker.env == {
         "PYTHONUNBUFFERED": "0",
@@ -87,7 +87,11 @@ def test_labels_equal_the_recorded_operator_pods(reference, job_document):
         replica = job.replica(label)
         assert replica.pod_name == pod["name"]
         assert replica.labels == pod["labels"]
-    assert get_contract("pytorchjob").job_name_label == "training.kubeflow.org/job-name"
+        # read back from the live pod's labels: the same replica, the same node rank
+        read = get_contract("pytorchjob").read_pod({"metadata": pod})
+        assert (read.role, read.index, read.node_rank, read.name) == (replica.role, replica.index,
+                                                                      replica.node_rank, label)
+    assert get_contract("pytorchjob").pod_selector("j") == "training.kubeflow.org/job-name=j"
 
 
 def test_success_policy_is_master_success():
@@ -134,7 +138,8 @@ def test_trainjob_env_names_and_overrides(trainjob_documents):
     assert container["command"] == ["bash", "examples/whisper/pretrain_whisper.sh"]  # the TrainJob's override
     assert node.labels["jobset.sigs.k8s.io/jobset-name"] == "whisper-ft-v2"
     assert node.labels["jobset.sigs.k8s.io/replicatedjob-name"] == "node"
-    assert job.backoff_limit == 0  # no failurePolicy: the JobSet does not restart
+    assert job.restart.limit == 0  # no failurePolicy: the JobSet does not restart
+    assert job.restart.scope == "whole-job" and job.restart.limit_reached(1) and not job.restart.limit_reached(0)
     contract = get_contract("trainjob")
     assert contract.succeeded({"node-0": "Succeeded", "node-1": "Succeeded"})
     assert not contract.succeeded({"node-0": "Succeeded", "node-1": "Running"})

@@ -242,7 +242,7 @@ def build_plan(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path
     for replica in job.replicas:
         grace = replica.pod_spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
         replicas.append({
-            "label": replica.label, "role": replica.role, "index": replica.index,
+            "replica": replica.name, "role": replica.role, "index": replica.index,
             "node_rank": replica.node_rank, "pod": replica.pod_name, "restart_policy": replica.restart_policy,
             "grace_seconds": grace,
             "steps": replica_steps(replica, job, documents, job_path, address_variables, port_variables,
@@ -250,7 +250,7 @@ def build_plan(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path
         })
     job_mounts = {path: local for step in replicas[0]["steps"] for path, local in step["mounts"].items()}
     folders = {local for replica in replicas for step in replica["steps"] for local in step["mounts"].values()}
-    backoff = job.backoff_limit
+    backoff = job.restart.limit
     return {
         "name": job.name, "namespace": job.namespace, "operator": job.operator,
         "backoff_limit": DEFAULT_LOCAL_BACKOFF if backoff is None else backoff,
@@ -273,6 +273,6 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
         for step in replica["steps"]:
             kind = "init " if step["init"] else ""
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in step["env"].items())
-            line = f"{replica['label']} {kind}{step['container']}: {env} {shlex.join(step['argv'])}"
+            line = f"{replica['replica']} {kind}{step['container']}: {env} {shlex.join(step['argv'])}"
             lines.append(line.replace("\n", "\\n"))  # one line each: the dry run prints them as comments
     return lines

@@ -36,14 +36,15 @@ from typing import Any
 
 from whisper_k8s.backends import local_state as state
 from whisper_k8s.backends.local_plan import PORT_PLACEHOLDER
-from whisper_k8s.operators import get_contract
+from whisper_k8s.operators import all_injected_variables, get_contract
 from whisper_k8s.operators.base import FAILED, RUNNING, SUCCEEDED
 
 POLL_SECONDS = 0.2
 PENDING = "Pending"
-# Host variables a replica must not inherit: the operator's and torchrun's own, set per replica.
-_INHERITED_BLOCKLIST = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "GROUP_RANK",
-                        "LOCAL_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE")
+# Host variables a replica must not inherit: any operator's (set per replica) and torchrun's own (torchrun
+# reads every PET_<flag>, and sets the others for its workers).
+_INHERITED_BLOCKLIST = (*all_injected_variables(), "WORLD_SIZE", "RANK", "LOCAL_RANK", "GROUP_RANK",
+                        "LOCAL_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _INHERITED_PREFIXES = ("PET_", "TORCHELASTIC_")
 
 
@@ -207,7 +208,7 @@ class Supervisor:
         state.write_json(self.job_path / state.JOB_FILE, self.job)
 
     def save_replicas(self, runs: list[ReplicaRun]) -> None:
-        self.save(replicas={run.spec["label"]: run.as_json(self.job["attempt"], self.job["restarts"])
+        self.save(replicas={run.spec["replica"]: run.as_json(self.job["attempt"], self.job["restarts"])
                             for run in runs})
 
     def run(self) -> int:
@@ -226,7 +227,7 @@ class Supervisor:
             if self.stop_requested:  # deleted between two attempts
                 return self.end(FAILED, "Deleted", "stopped on request (SIGTERM)")
             outcome, failed = self.run_attempt()
-            codes = {run.spec["label"]: run.code for run in self.runs}
+            codes = {run.spec["replica"]: run.code for run in self.runs}
             self.save(history=[*self.job.get("history", []),
                                {"attempt": self.job["attempt"], "outcome": outcome, "exit_codes": codes}])
             if outcome == SUCCEEDED:
@@ -234,7 +235,7 @@ class Supervisor:
             if outcome == "Stopped":
                 return self.end(FAILED, "Deleted", "stopped on request (SIGTERM)")
             label, code = failed
-            policy = next(r["restart_policy"] for r in self.plan["replicas"] if r["label"] == label)
+            policy = next(r["restart_policy"] for r in self.plan["replicas"] if r["replica"] == label)
             if not restartable(policy, code):
                 return self.end(FAILED, "Failed", f"{label} exited with {code} (restartPolicy {policy})")
             if self.job["restarts"] >= self.plan["backoff_limit"]:
@@ -247,7 +248,7 @@ class Supervisor:
     def run_attempt(self) -> tuple[str, tuple[str, int] | None]:
         attempt = self.job["attempt"]
         port = free_port()
-        self.runs = runs = [ReplicaRun(spec, state.log_file(self.job_path, spec["label"], attempt), port,
+        self.runs = runs = [ReplicaRun(spec, state.log_file(self.job_path, spec["replica"], attempt), port,
                                        self.base_env) for spec in self.plan["replicas"]]
         for run in runs:
             run.start_next()
@@ -262,8 +263,8 @@ class Supervisor:
                 self.stop_all(runs, grace)
                 if self.stop_requested:
                     return "Stopped", None
-                return FAILED, (failed.spec["label"], failed.code)
-            phases = {run.spec["label"]: run.phase for run in runs}
+                return FAILED, (failed.spec["replica"], failed.code)
+            phases = {run.spec["replica"]: run.phase for run in runs}
             if self.contract.succeeded(phases):
                 if all(run.phase == SUCCEEDED for run in runs):
                     self.stop_all(runs, grace)  # nothing left to stop but orphaned helpers

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from whisper_k8s.cli import _jobs
+from whisper_k8s.operators import CONTRACTS, DEFAULT_OPERATOR
 
 NAME = "submit"
 HELP = "start (or upgrade) a Whisper pretraining job from chart values, flags and --set"
@@ -34,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", help="pretrained HF model folder under /models to start from")
     parser.add_argument("--preset", help="model preset (helm/files/model-presets): large-v3, tiny")
     parser.add_argument("--language", help="Common Voice locale(s), e.g. hi or hi,en")
-    parser.add_argument("--operator", choices=("pytorchjob", "trainjob"),
+    parser.add_argument("--operator", choices=list(CONTRACTS),
                         help="job kind: PyTorchJob (training-operator v1) or TrainJob (Kubeflow Trainer v2); "
-                             "default: the one the cluster serves (local runs and dry runs: pytorchjob)")
+                             f"default: the one the cluster serves (local runs and dry runs: {DEFAULT_OPERATOR})")
     parser.add_argument("-f", "--values", dest="values_files", action="append", default=[], metavar="FILE",
                         help="chart values file (repeatable; later files win)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     documents = chart.render(user_values, name, args.namespace)
     values_file = Path(args.values_out) if args.values_out else values.default_values_path(name)
     request = AppRequest(name=name, namespace=args.namespace, values=user_values, documents=documents,
-                         operator=user_values.get("operator", "pytorchjob"), values_file=values_file)
+                         operator=user_values.get("operator", DEFAULT_OPERATOR), values_file=values_file)
     info = scheduler.dryrun(request)  # refuses what cannot run (e.g. a missing host folder) before any write
     values.write_values(user_values, values_file)
     if args.dry_run:
