@@ -13,6 +13,7 @@ The `kubernetes` package is imported inside functions so that the CLI and the lo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -227,7 +228,8 @@ class ClusterApi:
         from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
         reason = err.reason if isinstance(err, MaxRetryError) and err.reason is not None else err
-        detail = " ".join(str(reason).split())
+        # without urllib3's "HTTPSConnection(host=..., port=...): " prefix: the cluster is named already
+        detail = re.sub(r"^<?\w*Connection\w*[( ].*?[)>]: ", "", " ".join(str(reason).split()))
         if isinstance(reason, SSLError) or "SSL" in type(reason).__name__ or "CERTIFICATE" in detail:
             return (f"cluster {self.cluster}: TLS with the API server failed ({access}): {detail}. Check the "
                     "cluster's certificate-authority-data in your kubeconfig and that the server URL is the "
