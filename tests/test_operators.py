@@ -159,3 +159,24 @@ def test_trainjob_procs_per_node_pitfall_and_reserved_env(trainjob_documents):
     del trainjob["spec"]["trainer"]["env"]
     with pytest.raises(UserError, match="not among the rendered documents"):
         get_contract("trainjob").read_job([trainjob])
+
+
+def test_restart_rules_are_the_operators(job_document, trainjob_documents):
+    """PyTorchJob: in place, the job fails once all pods' restarts reach backoffLimit (any restart when 0,
+    never when unset), each restart after the kubelet's back-off; TrainJob: every node, up to maxRestarts."""
+    doc = copy.deepcopy(job_document)
+    doc["spec"].setdefault("runPolicy", {})["backoffLimit"] = 3
+    rule = get_contract("pytorchjob").read_job([doc]).restart
+    assert (rule.scope, rule.limit) == ("in-place", 3)
+    assert [rule.limit_reached(n) for n in (1, 2, 3)] == [False, False, True]
+    assert [rule.delay(n) for n in (1, 2, 3, 6, 9)] == [10, 20, 40, 300, 300]
+    doc["spec"]["runPolicy"]["backoffLimit"] = 0
+    assert get_contract("pytorchjob").read_job([doc]).restart.limit_reached(1)
+    del doc["spec"]["runPolicy"]["backoffLimit"]
+    assert not get_contract("pytorchjob").read_job([doc]).restart.limit_reached(100)
+
+    runtime, trainjob = copy.deepcopy(trainjob_documents)
+    runtime["spec"]["template"]["spec"]["failurePolicy"] = {"maxRestarts": 2}
+    rule = get_contract("trainjob").read_job([runtime, trainjob]).restart
+    assert (rule.scope, rule.limit, rule.delay(1)) == ("whole-job", 2, 0)
+    assert [rule.limit_reached(n) for n in (1, 2, 3)] == [False, False, True]

@@ -66,9 +66,6 @@ class AppRequest:
         if self.operator not in CONTRACTS:
             raise UserError(f"operator {self.operator!r} is not supported: use one of {', '.join(CONTRACTS)}")
 
-    def documents_of_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [doc for doc in self.documents if doc.get("kind") == kind]
-
     def __str__(self) -> str:
         return yaml_documents(self.documents)
 

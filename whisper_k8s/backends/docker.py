@@ -36,7 +36,7 @@ from whisper_k8s.backends.base import (
 from whisper_k8s.backends.docker_plan import LABEL, OUTPUTS_MOUNT, build_plan, network_name
 from whisper_k8s.errors import ClusterError, UserError
 from whisper_k8s.logs import ReplicaRef, merge_logs, parse_timestamped
-from whisper_k8s.operators import DEFAULT_OPERATOR, get_contract, replica_name
+from whisper_k8s.operators import DEFAULT_OPERATOR, RestartRule, get_contract, replica_name
 
 ENGINE_ENV = "WHISPER_K8S_CONTAINER_ENGINE"
 STATE_ENV = "WHISPER_K8S_DOCKER_STATE"
@@ -145,13 +145,19 @@ class DockerScheduler(Scheduler):
 
     def describe(self, name: str) -> JobStatus | None:
         containers = self._containers(name)
-        return _job_status(name, self.namespace, self.name, containers) if containers else None
+        if not containers:
+            return None
+        status = job_status(name, self.namespace, containers)
+        running = [c["Id"] for c in containers if c["State"].get("Status") in ("running", "restarting")]
+        if status.state == JobState.FAILED and running:  # the operator deletes the pods of a failed job
+            self._run("stop", "--time", "30", *running, timeout=None, check=False)
+        return status
 
     def list(self) -> list[JobStatus]:
         by_job: dict[str, list[dict[str, Any]]] = {}
         for container in self._containers():
             by_job.setdefault(_labels(container)["job"], []).append(container)
-        return [_job_status(job, self.namespace, self.name, found) for job, found in sorted(by_job.items())]
+        return [job_status(job, self.namespace, found) for job, found in sorted(by_job.items())]
 
     def cancel(self, name: str) -> None:
         """Stop the containers (SIGTERM, the pods' grace period, SIGKILL), remove them, the network and the
@@ -256,8 +262,9 @@ def _phase(state: dict[str, Any]) -> str:
     return JobState.PENDING
 
 
-def _job_status(name: str, namespace: str, backend: str, containers: list[dict[str, Any]]) -> JobStatus:
-    """Job state from its containers: the operator's success policy on the trainers, failures from any."""
+def job_status(name: str, namespace: str, containers: list[dict[str, Any]]) -> JobStatus:
+    """Job state from its containers: the operator's success policy on the trainers, failures from any, and
+    its restart limit on the trainers' restarts (which the engine counts per container)."""
     labels = [_labels(c) for c in containers]
     operator = labels[0].get("operator", DEFAULT_OPERATOR)
     pods, phases, problems = [], {}, []
@@ -280,8 +287,13 @@ def _job_status(name: str, namespace: str, backend: str, containers: list[dict[s
                               message=state.get("Error") or ""))
         phases.setdefault(replica_name(label["role"], int(label["index"])), phase)
     contract = get_contract(operator)
+    rule = RestartRule(**json.loads(labels[0]["restart"])) if "restart" in labels[0] else None  # older jobs: none
+    restarts = sum(pod.restarts for pod in pods)
     if contract.succeeded(phases):
         state = JobState.SUCCEEDED
+    elif rule is not None and rule.scope == RestartRule.IN_PLACE and rule.limit_reached(restarts):
+        state = JobState.FAILED
+        problems.append(f"{restarts} restart(s) of the job: restart limit {rule.limit} reached ({rule.source})")
     elif JobState.FAILED in phases.values():
         state = JobState.FAILED
     elif JobState.RUNNING in phases.values():
@@ -292,7 +304,7 @@ def _job_status(name: str, namespace: str, backend: str, containers: list[dict[s
     conditions = [JobCondition("Created", "True", "Created", f"job {name} is created", created)]
     if state in JobState.TERMINAL:
         conditions.append(JobCondition(state, "True", state, ""))
-    return JobStatus(name=name, namespace=namespace, backend=backend, state=state, conditions=conditions,
+    return JobStatus(name=name, namespace=namespace, backend="docker", state=state, conditions=conditions,
                      pods=pods, problems=problems, created=created, operator=operator,
                      nodes=len({label["pod"] for label in labels}))
 

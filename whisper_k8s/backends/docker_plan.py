@@ -21,6 +21,8 @@ are not applied: they size pods for cluster nodes, not for one host.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from whisper_k8s.backends.local_plan import (
     volume_folder,
 )
 from whisper_k8s.errors import UserError
-from whisper_k8s.operators import OperatorJob, Replica
+from whisper_k8s.operators import OperatorJob, Replica, RestartRule
 
 OUTPUTS_MOUNT = "/outputs"
 CONFIG_MOUNT = "/config"
@@ -140,10 +142,19 @@ def mount_arguments(container: dict[str, Any], pod_spec: dict[str, Any], pod: st
     return arguments, mounts
 
 
-def restart_arguments(policy: str, backoff_limit: int) -> list[str]:
-    """The pod's restartPolicy as the engine's: OnFailure restarts up to the job's backoffLimit."""
-    if policy == "OnFailure":
-        return ["--restart", f"on-failure:{backoff_limit}"] if backoff_limit > 0 else []
+def restart_arguments(policy: str, rule: RestartRule) -> list[str]:
+    """The operator's restart rule as the engine's restart policy of a trainer container.
+
+    In place (PyTorchJob): the engine restarts a failed container in place like the kubelet, at most
+    ``limit`` times each; the operator's limit on the restarts of all pods together is applied when the job is
+    read (:func:`whisper_k8s.backends.docker.job_status`). Every replica (TrainJob): no engine restart, as no
+    process here could recreate all containers; a failure fails the job. ``ExitCode`` (restart on signals
+    only) has no engine equivalent either.
+    """
+    if rule.scope != RestartRule.IN_PLACE:
+        return []
+    if policy == "OnFailure" and (rule.limit is None or rule.limit > 0):
+        return ["--restart", "on-failure" if rule.limit is None else f"on-failure:{rule.limit}"]
     return ["--restart", "always"] if policy == "Always" else []
 
 
@@ -152,6 +163,7 @@ def container_labels(job: OperatorJob, replica: Replica, step: str, volumes: dic
     labels = {
         "job": job.name, "namespace": job.namespace, "operator": job.operator, "pod": replica.pod_name,
         "role": replica.role, "index": str(replica.index), "node-rank": str(replica.node_rank), "step": step,
+        "restart": json.dumps(dataclasses.asdict(job.restart), separators=(",", ":")),
     }
     labels.update({name: volumes[path] for name, path in (("outputs", OUTPUTS_MOUNT), ("config", CONFIG_MOUNT))
                    if path in volumes})
@@ -159,7 +171,7 @@ def container_labels(job: OperatorJob, replica: Replica, step: str, volumes: dic
 
 
 def run_arguments(container: dict[str, Any], replica: Replica, job: OperatorJob, documents: list[dict[str, Any]],
-                  job_path: Path, *, init: bool, devices: list[str], backoff_limit: int) -> dict[str, Any]:
+                  job_path: Path, *, init: bool, devices: list[str]) -> dict[str, Any]:
     """One ``docker run`` of one container of one pod: its name, argv (after ``docker``) and host folders."""
     pod, spec = replica.pod_name, replica.pod_spec
     if not container.get("image"):
@@ -174,7 +186,7 @@ def run_arguments(container: dict[str, Any], replica: Replica, job: OperatorJob,
         argv += ["--label", f"{key}={value}"]
     argv += security_arguments(spec, container) + mounts
     if not init:
-        argv += restart_arguments(replica.restart_policy, backoff_limit) + devices
+        argv += restart_arguments(replica.restart_policy, job.restart) + devices
     for key, value in env.items():
         argv += ["-e", f"{key}={value}"]
     if container.get("workingDir"):
@@ -191,21 +203,18 @@ def run_arguments(container: dict[str, Any], replica: Replica, job: OperatorJob,
 def build_plan(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path,
                runtimes: set[str]) -> dict[str, Any]:
     """Every container of the job in start order (each pod's init containers, then the trainers)."""
-    backoff = job.restart.limit or 0
     next_device: dict[str, int] = {}
     init_runs, main_runs = [], []
     for replica in job.replicas:
         spec = replica.pod_spec
         for container in spec.get("initContainers") or []:
-            init_runs.append(run_arguments(container, replica, job, documents, job_path, init=True, devices=[],
-                                           backoff_limit=backoff))
+            init_runs.append(run_arguments(container, replica, job, documents, job_path, init=True, devices=[]))
         main = main_container(replica, job)
         wanted = device_requests(main)
         devices = accelerator_arguments(wanted, next_device, runtimes, replica.pod_name)
         for resource, count in wanted.items():
             next_device[resource] = next_device.get(resource, 0) + count
-        main_runs.append(run_arguments(main, replica, job, documents, job_path, init=False, devices=devices,
-                                       backoff_limit=backoff))
+        main_runs.append(run_arguments(main, replica, job, documents, job_path, init=False, devices=devices))
     owner = next((security_owner(r.pod_spec) for r in job.replicas if security_owner(r.pod_spec)), None)
     return {"name": job.name, "namespace": job.namespace, "network": network_name(job.name),
             "job_path": str(job_path), "owner": owner, "runs": init_runs + main_runs,

@@ -102,7 +102,7 @@ class LocalScheduler(Scheduler):
             "name": plan["name"], "namespace": plan["namespace"], "operator": plan["operator"],
             "backend": self.name, "phase": JobState.PENDING, "reason": "Created", "message": "",
             "created": state.now_iso(), "started": "", "finished": "", "attempt": 0, "restarts": 0,
-            "backoff_limit": plan["backoff_limit"], "master_port": None, "replicas": {},
+            "master_port": None, "replicas": {},
         })
 
     def _start_supervisor(self, job_path: Path) -> subprocess.Popen:
@@ -215,7 +215,7 @@ class LocalScheduler(Scheduler):
         oldest = None if since is None else time.time() - since
         refs = []
         for replica_name, replica in job["replicas"].items():
-            for attempt in range(job["attempt"] + 1):
+            for attempt in range(replica["attempt"] + 1):
                 log = state.log_file(job_path, replica_name, attempt)
                 if log.is_file() and (oldest is None or log.stat().st_mtime >= oldest):
                     refs.append(ReplicaRef(role=replica["role"], index=replica["index"], rank=replica["node_rank"],
@@ -233,10 +233,10 @@ class LocalScheduler(Scheduler):
 
     def _attempt_over(self, name: str, replica_name: str, attempt: int) -> bool:
         job = self._job(name)
-        if job is None or job["attempt"] > attempt or self._status(job).is_terminal:
+        if job is None or self._status(job).is_terminal:
             return True
         replica = job["replicas"].get(replica_name) or {}
-        return replica.get("attempt") == attempt and replica.get("phase") in JobState.TERMINAL
+        return replica.get("attempt", 0) > attempt or replica.get("phase") in JobState.TERMINAL
 
     # ------------------------------------------------------------------------------------------ outputs
     def outputs_dir(self, name: str) -> Path:
@@ -262,13 +262,15 @@ class LocalScheduler(Scheduler):
 # ------------------------------------------------------------------------------------------------ helpers
 def _pod_status(replica: dict[str, Any]) -> PodStatus:
     code = replica.get("exit_code")
-    reason = ""
-    if replica["phase"] == "Failed":
+    phase, reason = replica["phase"], ""
+    if phase == JobState.FAILED:
         reason = f"Error (exit {code})"
-    elif replica["phase"] == "Running" and replica.get("init"):
+    elif replica.get("waiting"):  # a crashed container waiting for its restart: the pod itself runs on
+        phase, reason = JobState.RUNNING, replica["waiting"]
+    elif phase == JobState.RUNNING and replica.get("init"):
         reason = f"Init:{replica.get('container')}"
     return PodStatus(name=replica["pod"], role=replica["role"], index=replica["index"], rank=replica["node_rank"],
-                     phase=replica["phase"],
+                     phase=phase,
                      restarts=replica.get("restarts", 0), node=LOCAL_NODE,
                      started=state.parse_time(replica.get("started")), reason=reason,
                      message=f"log: {replica['log']}" if replica["phase"] == "Failed" else "")

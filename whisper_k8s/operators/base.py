@@ -91,13 +91,20 @@ class Replica(ReplicaId):
         return self.template.get("spec") or {}
 
 
+# The kubelet's delay before it restarts a crashed container in place (Kubernetes documentation, "Pod
+# lifecycle", container restarts; KEP-4603): 10 s, doubling with each crash, at most 5 minutes; the count
+# starts again once a container has run for 10 minutes.
+CRASH_LOOP_BACKOFF_SECONDS = (10.0, 300.0)
+CRASH_LOOP_RESET_SECONDS = 600.0
+
+
 @dataclass(frozen=True)
 class RestartRule:
     """How the operator restarts a failed replica, and when it gives up (the job then fails).
 
-    ``scope`` :data:`IN_PLACE`: only the failed replica's container restarts, the others keep running;
-    :data:`WHOLE_JOB`: every replica is stopped and started again. ``limit`` counts restarts (None: no limit);
-    ``limit_reached`` applies the operator's own comparison to the restarts counted so far.
+    ``scope`` :data:`IN_PLACE`: only the failed replica's container restarts (the kubelet does it, after
+    :meth:`delay`), the others keep running; :data:`WHOLE_JOB`: every replica is stopped and recreated at once.
+    ``limit`` counts restarts (None: no limit); ``limit_reached`` applies the operator's own comparison.
     """
 
     IN_PLACE = "in-place"
@@ -115,6 +122,14 @@ class RestartRule:
         if self.inclusive:
             return restarts >= self.limit if self.limit > 0 else restarts > 0
         return restarts > self.limit
+
+    def delay(self, crashes: int) -> float:
+        """Seconds before a replica that crashed ``crashes`` times in a row starts again (in place: the
+        kubelet's crash-loop back-off; a recreated job's new pods start at once)."""
+        if self.scope != self.IN_PLACE:
+            return 0.0
+        first, most = CRASH_LOOP_BACKOFF_SECONDS
+        return min(most, first * 2 ** max(0, crashes - 1))
 
 
 @dataclass(frozen=True)
