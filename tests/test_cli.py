@@ -95,7 +95,8 @@ def fake_cluster(monkeypatch):
     """Point the CLI's Kubernetes backend at recorded responses instead of a kubeconfig."""
     def install(routes):
         fake = FakeApiServer(routes)
-        monkeypatch.setattr("whisper_k8s.backends.kubernetes.load_api_client", lambda *a, **k: fake.client())
+        monkeypatch.setattr("whisper_k8s.backends.kubernetes_api.load_api_client",
+                            lambda *a, **k: (fake.client(), ""))
         return fake
     return install
 

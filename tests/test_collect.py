@@ -89,7 +89,7 @@ def test_local_two_node_job_trains_and_collects_a_loadable_model(tmp_path, cv_da
                     "--dataset", str(cv_dataset), "-f", str(values), "--values-out", str(tmp_path / "v.yaml"),
                     "--follow", env=env)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    assert "[master-0] " in submitted.stdout and "[worker-1] " in submitted.stdout
+    assert "[master-0] " in submitted.stdout and "[worker-0] " in submitted.stdout
     assert "iteration       2/2" in submitted.stdout and "job local://default/e2e Succeeded" in submitted.stderr
 
     status = cli("status", "e2e", "--local", env=env)

@@ -17,13 +17,14 @@ import pytest
 
 from whisper_k8s import chart
 from whisper_k8s.backends import AppRequest
-from whisper_k8s.backends.docker import DockerScheduler
+from whisper_k8s.backends.docker import DockerScheduler, job_status
 from whisper_k8s.errors import UserError
 
 
 def request(name: str, values: dict) -> AppRequest:
     values = {"fullnameOverride": name, **values}
-    return AppRequest(name=name, values=values, documents=chart.render(values, name))
+    return AppRequest(name=name, values=values, documents=chart.render(values, name),
+                      operator=values.get("operator", "pytorchjob"))
 
 
 def engine_runs(info) -> dict[str, list[str]]:
@@ -49,6 +50,34 @@ def test_cpu_job_becomes_named_containers_on_the_jobs_network(tmp_path):
     assert "--restart" not in runs["demo-master-0-init-processor"]  # init containers run once, to the end
     # the dry run prints the engine commands above the documents
     assert str(info).startswith("# docker network create whisper-k8s-demo\n# docker run --detach --name demo-master-0-init")
+
+
+def test_restarts_follow_the_operator(tmp_path):
+    """PyTorchJob: the engine restarts a failed trainer in place (as the kubelet), and the operator's limit on
+    all pods' restarts together fails the job when it is read; TrainJob: no engine restart (nothing here could
+    recreate every container), so a failed node fails the job."""
+    values = {"nodes": 2, "accelerator": {"type": "cpu"}, "runPolicy": {"backoffLimit": 2}}
+    runs = engine_runs(DockerScheduler(state_dir=tmp_path, runtimes={"runc"}).dryrun(request("pt", values)))
+    assert "--restart on-failure:2" in shlex.join(runs["pt-worker-0"])
+    v2 = engine_runs(DockerScheduler(state_dir=tmp_path, runtimes={"runc"}).dryrun(
+        request("v2", {**values, "operator": "trainjob"})))
+    assert [name for name, argv in v2.items() if "--restart" in argv] == []
+
+    label = next(a for a in runs["pt-worker-0"] if a.startswith("io.whisper-k8s.restart="))
+    labels = {f"io.whisper-k8s.{k}": v for k, v in {"job": "pt", "operator": "pytorchjob", "step": "main",
+                                                  "role": "worker", "index": "0", "node-rank": "1"}.items()}
+    labels.update(dict([label.split("=", 1)]), **{"io.whisper-k8s.pod": "pt-worker-0"})
+
+    def container(role, index, rank, restarts, status="running"):
+        named = dict(labels, **{"io.whisper-k8s.role": role, "io.whisper-k8s.index": str(index),
+                                "io.whisper-k8s.node-rank": str(rank), "io.whisper-k8s.pod": f"pt-{role}-{index}"})
+        return {"Config": {"Labels": named}, "RestartCount": restarts, "Created": "2026-11-25T21:25:40Z",
+                "State": {"Status": status, "ExitCode": 0, "StartedAt": "2026-11-25T21:25:41Z"}}
+
+    one = job_status("pt", "default", [container("master", 0, 0, 0), container("worker", 0, 1, 1)])
+    assert one.state == "Running" and not one.problems
+    two = job_status("pt", "default", [container("master", 0, 0, 1), container("worker", 0, 1, 1)])
+    assert two.state == "Failed" and "2 restart(s) of the job: restart limit 2 reached" in two.problems[0]
 
 
 def test_gpus_and_npus_are_split_between_replicas_by_runtime(tmp_path):
@@ -91,13 +120,13 @@ def test_submit_backend_docker_trains_and_collects(tmp_path, cv_dataset):
                         "--image", image, "--dataset", str(cv_dataset), "-f", str(values),
                         "--values-out", str(tmp_path / "v.yaml"), "--follow", env=env)
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-        assert "[master-0] " in submitted.stdout and "[worker-1] " in submitted.stdout
+        assert "[master-0] " in submitted.stdout and "[worker-0] " in submitted.stdout
         assert "iteration       2/2" in submitted.stdout and "job docker://default/dk Succeeded" in submitted.stderr
 
         status = cli("status", "dk", "--backend", "docker", env=env)
         assert "state Succeeded" in status.stdout and "dk-worker-0" in status.stdout, status.stdout
         logs = cli("logs", "dk", "--backend", "docker", "--role", "master", env=env)
-        assert "training stopped at iteration 2 (finished)" in logs.stdout and "[worker-1]" not in logs.stdout
+        assert "training stopped at iteration 2 (finished)" in logs.stdout and "[worker-0]" not in logs.stdout
         assert "dk" in cli("list", "--backend", "docker", env=env).stdout
 
         collected = cli("collect", "dk", "--backend", "docker", "--to", str(tmp_path / "model"), env=env)

@@ -10,9 +10,11 @@ import yaml
 from k8s_fake import FakeApiServer
 
 from whisper_k8s import chart
-from whisper_k8s.backends import AppRequest, JobState, get_scheduler
-from whisper_k8s.backends.kubernetes import KubernetesScheduler, PyTorchJobOperator
+from whisper_k8s.backends import AppRequest, JobState, get_scheduler, kubernetes_jobs
+from whisper_k8s.backends.kubernetes import KubernetesScheduler
+from whisper_k8s.backends.kubernetes_api import Access
 from whisper_k8s.errors import ClusterError, UserError
+from whisper_k8s.operators import get_contract
 
 JOBS = "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs"
 PODS = "/api/v1/namespaces/default/pods"
@@ -51,7 +53,8 @@ def test_status_explains_a_pod_pending_for_lack_of_ascend_npus():
     assert worker.reason == "FailedScheduling"
     assert "1 Insufficient huawei.com/Ascend910" in worker.message
     text = str(status)
-    assert "worker-1 cannot be scheduled: no node has enough free huawei.com/Ascend910" in text
+    assert "worker-0 cannot be scheduled: no node has enough free huawei.com/Ascend910" in text
+    assert "! worker-0: 0/1 nodes are available: 1 Insufficient" in text  # the scheduler's message, same name
     assert "whisper-train-worker-0  worker  1     Pending" in text
     # one GET of the job, one namespaced pod list by the operator's label, events only for the pending pod
     assert fake.requests == [
@@ -87,7 +90,7 @@ def test_a_missing_job_is_none_and_a_missing_crd_names_what_to_install():
         backend.describe("whisper-ft")
     # asked for one kind explicitly: only that kind's hint
     with pytest.raises(ClusterError, match="CRD not installed.*training operator.*--server-side"):
-        backend.describe("whisper-ft", operator_name="pytorchjob")
+        backend.describe("whisper-ft", operator="pytorchjob")
 
 
 def test_discovery_finds_or_misses_the_pytorchjob_crd():
@@ -103,10 +106,10 @@ def test_discovery_finds_or_misses_the_pytorchjob_crd():
 
 
 def test_api_errors_name_the_verb_resource_and_fix():
-    operator = PyTorchJobOperator()
+    contract = get_contract("pytorchjob")
     cases = {
         "rbac_sa_create_pytorchjob_in_default_403":
-            r"forbidden \(403\): you may not create pytorchjobs.kubeflow.org in namespace default: .*"
+            r"forbidden \(403 Forbidden\): you may not create pytorchjobs.kubeflow.org in namespace default: .*"
             r"cannot create resource.*manifests/rbac/role.yaml",
         "pytorchjob_create_already_exists_409":
             r"whisper-ft already exists in namespace default: submit again .* to upgrade it, or "
@@ -114,14 +117,14 @@ def test_api_errors_name_the_verb_resource_and_fix():
         "pytorchjob_create_replicas_string_422": r"refused create .*Invalid value: \"string\"",
         "pytorchjob_create_without_crd_404": r"CRD not installed.*training operator",
     }
-    from whisper_k8s.backends.kubernetes import _Access
-
     for fixture, expected in cases.items():
         backend, _ = scheduler({("POST", JOBS): fixture})
-        with pytest.raises((UserError, ClusterError), match=expected):
-            backend._call(_Access(operator.group, operator.plural, "create", "whisper-ft"),
-                          backend._custom().create_namespaced_custom_object, operator.group,
-                          operator.version, "default", operator.plural, {"metadata": {"name": "whisper-ft"}})
+        with pytest.raises(ClusterError, match=expected) as raised:
+            backend.api.call(Access(contract.group, contract.plural, "create", "whisper-ft"),
+                             backend.api.custom().create_namespaced_custom_object, contract.group,
+                             contract.version, "default", contract.plural, {"metadata": {"name": "whisper-ft"}})
+        message = str(raised.value)
+        assert message.startswith("cluster https://k8s.test: ") and "\n" not in message
 
 
 def test_bad_credentials_say_so_and_list_selects_this_kit():
@@ -177,7 +180,7 @@ def test_delete_of_a_job_without_release_deletes_it_and_verifies():
         ("GET", f"{JOBS}/whisper-ft"): ["pytorchjob_get_200", "pytorchjob_get_after_delete_404"],
         ("DELETE", f"{JOBS}/whisper-ft"): "pytorchjob_delete_200",
     })
-    backend.delete_job(PyTorchJobOperator(), "whisper-ft", timeout=5)
+    kubernetes_jobs.delete_job(backend.api, get_contract("pytorchjob"), "whisper-ft", timeout=5, poll_seconds=0.01)
     assert [r[0] for r in fake.requests] == ["GET", "DELETE", "GET"]
 
 
@@ -218,12 +221,14 @@ def test_helm_failures_against_an_unreachable_cluster_are_cluster_errors(cpu_req
         "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
         "users": [{"name": "x", "user": {"token": "t"}}]}))
     backend = KubernetesScheduler(helm=helm_bin, kubeconfig=str(kubeconfig))
-    with pytest.raises(ClusterError, match="connection refused|connect"):
-        backend._run_helm(backend.dryrun(cpu_request).extra["helm_args"], "demo")
+    with pytest.raises(ClusterError, match="connection refused|connect") as raised:
+        backend._helm_run(backend.dryrun(cpu_request).extra["helm_args"], "demo")
+    assert str(raised.value).startswith("cluster https://127.0.0.1:9 (context x): helm upgrade --install demo failed")
+    assert "\n" not in str(raised.value) and "kubectl cluster-info" in str(raised.value)
 
 
 @pytest.mark.cluster
 def test_real_cluster_lists_and_discovers():
     backend = KubernetesScheduler()
-    assert isinstance(backend.operator_served(PyTorchJobOperator()), bool)
+    assert isinstance(kubernetes_jobs.operator_served(backend.api, get_contract("pytorchjob")), bool)
     assert isinstance(backend.list(), list)

@@ -168,23 +168,38 @@ FAIL_ONCE = """
 """
 
 
-def test_failed_replica_restarts_the_group_within_backoff_limit(scheduler, dataset):
+def test_a_failed_pytorchjob_replica_restarts_in_place_within_backoff_limit(scheduler, dataset):
+    """training-operator v1.9, restartPolicy OnFailure: only the failed pod's container restarts."""
     scheduler.submit(local_request("flaky", dataset, script=FAIL_ONCE))
     status = scheduler.wait("flaky", timeout=60, poll_seconds=0.2)
     assert status.state == "Succeeded"
-    assert [p.restarts for p in status.pods] == [1, 1]
+    assert [(p.replica, p.restarts) for p in status.pods] == [("master-0", 0), ("worker-0", 1)]
     job = json.loads((scheduler.root / "flaky" / "job.json").read_text())
-    assert job["history"][0]["outcome"] == "Failed" and job["history"][0]["exit_codes"]["worker-0"] == 3
+    assert job["history"] == [{"replica": "worker-0", "attempt": 0, "exit_code": 3}] and job["restarts"] == 1
     lines = list(scheduler.log_iter("flaky"))
-    assert lines.count("[worker-1] attempt on rank 1") == 2  # both attempts' logs are kept
+    assert lines.count("[worker-0] attempt on rank 1") == 2  # both runs' logs are kept
+    assert lines.count("[master-0] attempt on rank 0") == 1  # the master was not restarted
+
+
+def test_a_failed_trainjob_node_restarts_every_node(scheduler, dataset):
+    """JobSet failurePolicy: a failed node recreates all of them, up to maxRestarts."""
+    scheduler.submit(local_request("flaky-v2", dataset, script=FAIL_ONCE, operator="trainjob"))
+    status = scheduler.wait("flaky-v2", timeout=60, poll_seconds=0.2)
+    assert status.state == "Succeeded"
+    assert [(p.replica, p.restarts) for p in status.pods] == [("node-0", 1), ("node-1", 1)]
+    lines = list(scheduler.log_iter("flaky-v2"))
+    assert lines.count("[node-1] attempt on rank 1") == 2 and lines.count("[node-0] attempt on rank 0") == 2
 
 
 def test_backoff_limit_exceeded_fails_the_job(scheduler, dataset):
-    scheduler.submit(local_request("broken", dataset, script="import sys; sys.exit(5)", backoff=1))
+    script = "import os, sys, time; sys.exit(5) if os.environ['PET_NODE_RANK'] == '1' else time.sleep(60)"
+    scheduler.submit(local_request("broken", dataset, script=script, backoff=1))
     status = scheduler.wait("broken", timeout=60, poll_seconds=0.2)
     assert status.state == "Failed"
-    assert any("backoffLimit 1 reached" in problem for problem in status.problems)
-    assert [p.restarts for p in status.pods] == [1, 1]
+    # the operator fails the job once the pods' restarts add up to backoffLimit (here: the first restart)
+    assert any("worker-0 exited with 5 after 1 restart(s) of the job: restart limit 1 reached" in problem
+               and "runPolicy.backoffLimit" in problem for problem in status.problems), status.problems
+    assert [p.restarts for p in status.pods] == [0, 1]
     with pytest.raises(UserError, match=r"local job broken already exists \(Failed\).*delete it first"):
         scheduler.submit(local_request("broken", dataset, script="print(1)"))
 
@@ -217,7 +232,7 @@ def test_status_list_logs_delete_from_fresh_processes(scheduler, dataset, tmp_pa
     listed = in_fresh_process(scheduler.root, "print([(s.name, s.state) for s in scheduler.list()])")
     assert "('sleeper', 'Running')" in listed
     logs = in_fresh_process(scheduler.root, "print('\\n'.join(scheduler.log_iter('sleeper')))")
-    assert "[master-0] ready" in logs and "[worker-1] ready" in logs
+    assert "[master-0] ready" in logs and "[worker-0] ready" in logs
     job = json.loads((scheduler.root / "sleeper" / "job.json").read_text())
     pids = [r["process"]["pid"] for r in job["replicas"].values()]
     assert scheduler.replica_processes("sleeper", "worker-0")[:1] == pids[1:]

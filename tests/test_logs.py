@@ -6,8 +6,8 @@ import pytest
 
 from whisper_k8s.logs import ReplicaRef, merge_logs, parse_timestamped
 
-MASTER = ReplicaRef("master", 0, "job-master-0", "uid-m/0")
-WORKER = ReplicaRef("worker", 1, "job-worker-0", "uid-w/0")
+MASTER = ReplicaRef("master", 0, 0, "job-master-0", "uid-m/0")
+WORKER = ReplicaRef("worker", 0, 1, "job-worker-0", "uid-w/0")  # worker index 0 is node rank 1
 
 
 def reader(logs: dict[tuple[str, str], list[str]], opened: list | None = None):
@@ -22,27 +22,29 @@ def test_snapshot_interleaves_replicas_by_timestamp():
     logs = {("job-master-0", "uid-m/0"): ["2026-11-25T21:25:40.1Z m1", "2026-11-25T21:25:42.000000001Z m2"],
             ("job-worker-0", "uid-w/0"): ["2026-11-25T21:25:41Z w1", "2026-11-25T21:25:43Z w2"]}
     lines = [str(line) for line in merge_logs([[WORKER, MASTER]], reader(logs))]
-    assert lines == ["[master-0] m1", "[worker-1] w1", "[master-0] m2", "[worker-1] w2"]
+    assert lines == ["[master-0] m1", "[worker-0] w1", "[master-0] m2", "[worker-0] w2"]
 
 
 def test_snapshot_without_timestamps_keeps_replica_order_and_filters():
     logs = {("job-master-0", "uid-m/0"): ["a", "b"], ("job-worker-0", "uid-w/0"): ["c"]}
     assert [str(x) for x in merge_logs([[WORKER, MASTER]], reader(logs))] == [
-        "[master-0] a", "[master-0] b", "[worker-1] c"]
-    assert [str(x) for x in merge_logs([[WORKER, MASTER]], reader(logs), role="worker")] == ["[worker-1] c"]
+        "[master-0] a", "[master-0] b", "[worker-0] c"]
+    assert [str(x) for x in merge_logs([[WORKER, MASTER]], reader(logs), role="worker")] == ["[worker-0] c"]
     assert [str(x) for x in merge_logs([[WORKER, MASTER]], reader(logs), rank=0)] == [
         "[master-0] a", "[master-0] b"]
+    # --rank selects by node rank; the prefix is the replica's name (its pod's), not its rank
+    assert [str(x) for x in merge_logs([[WORKER, MASTER]], reader(logs), rank=1)] == ["[worker-0] c"]
 
 
 def test_follow_reads_each_instance_once_and_picks_up_restarts_and_late_replicas():
-    waiting = ReplicaRef("worker", 1, "job-worker-0", "uid-w/0", ready=False)
-    restarted = ReplicaRef("master", 0, "job-master-0", "uid-m/1")
+    waiting = ReplicaRef("worker", 0, 1, "job-worker-0", "uid-w/0", ready=False)
+    restarted = ReplicaRef("master", 0, 0, "job-master-0", "uid-m/1")
     logs = {("job-master-0", "uid-m/0"): ["first run"], ("job-master-0", "uid-m/1"): ["after restart"],
             ("job-worker-0", "uid-w/0"): ["worker up"]}
     opened: list = []
     snapshots = [[MASTER, waiting], [MASTER, waiting], [MASTER, WORKER], [restarted, WORKER]]
     lines = sorted(str(x) for x in merge_logs(snapshots, reader(logs, opened), follow=True))
-    assert lines == ["[master-0] after restart", "[master-0] first run", "[worker-1] worker up"]
+    assert lines == ["[master-0] after restart", "[master-0] first run", "[worker-0] worker up"]
     assert sorted(opened) == [("job-master-0", "uid-m/0", True), ("job-master-0", "uid-m/1", True),
                               ("job-worker-0", "uid-w/0", True)]
 

@@ -45,7 +45,7 @@ def test_env_per_replica_matches_operator(job_document):
     assert [r.pod_name for r in job.replicas] == [
         "whisper-ft-master-0", "whisper-ft-worker-0", "whisper-ft-worker-1", "whisper-ft-worker-2"]
     assert [r.node_rank for r in job.replicas] == [0, 1, 2, 3]
-    assert [r.label for r in job.replicas] == ["master-0", "worker-0", "worker-1", "worker-2"]
+    assert [r.name for r in job.replicas] == ["master-0", "worker-0", "worker-1", "worker-2"]
     worker = job.replica("worker-1")
     assert worker.env == {
         "PYTHONUNBUFFERED": "0",
@@ -87,7 +87,11 @@ def test_labels_equal_the_recorded_operator_pods(reference, job_document):
         replica = job.replica(label)
         assert replica.pod_name == pod["name"]
         assert replica.labels == pod["labels"]
-    assert get_contract("pytorchjob").job_name_label == "training.kubeflow.org/job-name"
+        # read back from the live pod's labels: the same replica, the same node rank
+        read = get_contract("pytorchjob").read_pod({"metadata": pod})
+        assert (read.role, read.index, read.node_rank, read.name) == (replica.role, replica.index,
+                                                                      replica.node_rank, label)
+    assert get_contract("pytorchjob").pod_selector("j") == "training.kubeflow.org/job-name=j"
 
 
 def test_success_policy_is_master_success():
@@ -134,7 +138,8 @@ def test_trainjob_env_names_and_overrides(trainjob_documents):
     assert container["command"] == ["bash", "examples/whisper/pretrain_whisper.sh"]  # the TrainJob's override
     assert node.labels["jobset.sigs.k8s.io/jobset-name"] == "whisper-ft-v2"
     assert node.labels["jobset.sigs.k8s.io/replicatedjob-name"] == "node"
-    assert job.backoff_limit == 0  # no failurePolicy: the JobSet does not restart
+    assert job.restart.limit == 0  # no failurePolicy: the JobSet does not restart
+    assert job.restart.scope == "whole-job" and job.restart.limit_reached(1) and not job.restart.limit_reached(0)
     contract = get_contract("trainjob")
     assert contract.succeeded({"node-0": "Succeeded", "node-1": "Succeeded"})
     assert not contract.succeeded({"node-0": "Succeeded", "node-1": "Running"})
@@ -154,3 +159,24 @@ def test_trainjob_procs_per_node_pitfall_and_reserved_env(trainjob_documents):
     del trainjob["spec"]["trainer"]["env"]
     with pytest.raises(UserError, match="not among the rendered documents"):
         get_contract("trainjob").read_job([trainjob])
+
+
+def test_restart_rules_are_the_operators(job_document, trainjob_documents):
+    """PyTorchJob: in place, the job fails once all pods' restarts reach backoffLimit (any restart when 0,
+    never when unset), each restart after the kubelet's back-off; TrainJob: every node, up to maxRestarts."""
+    doc = copy.deepcopy(job_document)
+    doc["spec"].setdefault("runPolicy", {})["backoffLimit"] = 3
+    rule = get_contract("pytorchjob").read_job([doc]).restart
+    assert (rule.scope, rule.limit) == ("in-place", 3)
+    assert [rule.limit_reached(n) for n in (1, 2, 3)] == [False, False, True]
+    assert [rule.delay(n) for n in (1, 2, 3, 6, 9)] == [10, 20, 40, 300, 300]
+    doc["spec"]["runPolicy"]["backoffLimit"] = 0
+    assert get_contract("pytorchjob").read_job([doc]).restart.limit_reached(1)
+    del doc["spec"]["runPolicy"]["backoffLimit"]
+    assert not get_contract("pytorchjob").read_job([doc]).restart.limit_reached(100)
+
+    runtime, trainjob = copy.deepcopy(trainjob_documents)
+    runtime["spec"]["template"]["spec"]["failurePolicy"] = {"maxRestarts": 2}
+    rule = get_contract("trainjob").read_job([runtime, trainjob]).restart
+    assert (rule.scope, rule.limit, rule.delay(1)) == ("whole-job", 2, 0)
+    assert [rule.limit_reached(n) for n in (1, 2, 3)] == [False, False, True]

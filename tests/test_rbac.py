@@ -11,7 +11,10 @@ import yaml
 from k8s_fake import FakeApiServer, recorded
 
 from whisper_k8s import chart
-from whisper_k8s.backends.kubernetes import REQUIRED_PERMISSIONS, KubernetesScheduler, PyTorchJobOperator
+from whisper_k8s.backends.kubernetes import KubernetesScheduler
+from whisper_k8s.backends.kubernetes_jobs import delete_job
+from whisper_k8s.backends.kubernetes_rbac import REQUIRED_PERMISSIONS
+from whisper_k8s.operators import get_contract
 
 ROOT = Path(__file__).resolve().parents[1]
 HELM_VERBS = {"get", "create", "patch", "update", "delete"}
@@ -101,7 +104,7 @@ def test_every_request_the_backend_makes_is_namespaced_and_granted():
     backend.list()
     list(backend.log_iter("whisper-train"))
     list(backend.log_iter("whisper-train", follow=True))
-    backend.delete_job(PyTorchJobOperator(), "whisper-train", timeout=5)
+    delete_job(backend.api, get_contract("pytorchjob"), "whisper-train", timeout=5, poll_seconds=0.01)
 
     used = {permission_of(method, path, query) for method, path, query in fake.requests} - {None}
     # a namespaced Role cannot grant cluster-wide reads (the SA's GET /api/v1/pods was refused with 403)

@@ -12,7 +12,11 @@ from test_collect import cli, local_env, tiny_values_file
 from whisper_k8s import chart
 from whisper_k8s.backends import JobState
 from whisper_k8s.backends.base import format_status
-from whisper_k8s.backends.kubernetes import REQUIRED_PERMISSIONS, KubernetesScheduler, TrainJobOperator
+from whisper_k8s.backends.kubernetes import KubernetesScheduler
+from whisper_k8s.backends.kubernetes_api import Access
+from whisper_k8s.backends.kubernetes_jobs import served_operators
+from whisper_k8s.backends.kubernetes_pods import job_status
+from whisper_k8s.backends.kubernetes_rbac import REQUIRED_PERMISSIONS
 from whisper_k8s.cli import _jobs
 from whisper_k8s.errors import ClusterError, UserError
 from whisper_k8s.operators import get_contract
@@ -71,7 +75,7 @@ def test_submit_picks_the_kind_the_cluster_serves():
     assert {g["name"] for g in recorded("discovery_get_apis_200")["body"]["groups"]} >= {
         "kubeflow.org", "trainer.kubeflow.org"}
     backend, fake = scheduler(discovery())
-    assert backend.served_operators() == ["pytorchjob", "trainjob"]
+    assert served_operators(backend.api) == ["pytorchjob", "trainjob"]
     assert [r[1] for r in fake.requests] == ["/apis/", V1, V2]
     assert backend.choose_operator() == "pytorchjob"  # both served: the chart's default
 
@@ -103,14 +107,13 @@ def test_neither_operator_served_names_both_installs():
 
 
 def test_the_api_servers_refusal_of_a_trainjob_names_the_field():
-    operator = TrainJobOperator()
+    contract = get_contract("trainjob")
     backend, _ = scheduler({("POST", TRAINJOBS): "trainjob_create_numnodes_string_422"})
-    from whisper_k8s.backends.kubernetes import _Access
-
-    with pytest.raises(UserError, match=r"refused create trainjobs.trainer.kubeflow.org bad: .*spec.trainer.numNodes"):
-        backend._call(_Access(operator.group, operator.plural, "create", "bad"),
-                      backend._custom().create_namespaced_custom_object, operator.group, operator.version,
-                      "default", operator.plural, {"metadata": {"name": "bad"}})
+    with pytest.raises(ClusterError, match=r"refused create trainjobs.trainer.kubeflow.org bad in namespace default "
+                                           r"\(422 Unprocessable Entity\): .*spec.trainer.numNodes"):
+        backend.api.call(Access(contract.group, contract.plural, "create", "bad"),
+                         backend.api.custom().create_namespaced_custom_object, contract.group, contract.version,
+                         "default", contract.plural, {"metadata": {"name": "bad"}})
 
 
 # ----------------------------------------------------------------- Kubernetes: status, logs, collect, delete
@@ -136,8 +139,7 @@ def test_trainjob_conditions_map_to_states_and_show_their_reasons(condition, sta
     job["status"] = {"conditions": [{"type": condition, "status": "True", "reason": f"{condition}Reason",
                                      "message": f"TrainJob is {condition.lower()}",
                                      "lastTransitionTime": "2026-11-25T21:30:00Z"}]}
-    backend, _ = scheduler({})
-    status = backend._job_status(TrainJobOperator(), job)
+    status = job_status(get_contract("trainjob"), job, "default")
     assert status.state == state
     row = format_status(status).splitlines()[3].split()
     assert row == [condition, "True", f"{condition}Reason", "TrainJob", "is", condition.lower()]
@@ -147,22 +149,23 @@ def test_a_trainjob_with_active_child_jobs_is_running():
     job = copy.deepcopy(recorded("trainjob_get_200")["body"])
     job["status"] = {"jobsStatus": [{"name": "node", "active": 1, "ready": 0, "succeeded": 0, "failed": 0,
                                      "suspended": 0}]}
-    assert TrainJobOperator().state(job) == JobState.RUNNING
+    assert get_contract("trainjob").state(job) == JobState.RUNNING
 
 
 def test_pods_the_contract_labels_are_selected_and_ranked_by_completion_index():
     documents = chart.render({"operator": "trainjob", "nodes": 3, "accelerator": {"type": "nvidia"}}, "v2")
-    operator = TrainJobOperator()
-    job = get_contract("trainjob").read_job(documents)
+    contract = get_contract("trainjob")
+    job = contract.read_job(documents)
     assert len(job.replicas) == 3
     for replica in job.replicas:
-        pod = {"metadata": {"labels": replica.labels}}
-        assert operator.role_rank(pod) == ("node", replica.node_rank)
-        selector = dict(term.split("=") for term in operator.pod_selector(job.name).split(","))
+        read = contract.read_pod({"metadata": {"labels": replica.labels}})
+        assert (read.role, read.index, read.node_rank, read.name) == ("node", replica.index, replica.node_rank,
+                                                                      replica.name)
+        selector = dict(term.split("=") for term in contract.pod_selector(job.name).split(","))
         assert selector.items() <= replica.labels.items()
     # before Kubernetes 1.28 the index is only an annotation
-    pod = {"metadata": {"labels": {}, "annotations": {v2.COMPLETION_INDEX: "2"}}}
-    assert operator.role_rank(pod) == ("node", 2)
+    read = contract.read_pod({"metadata": {"labels": {}, "annotations": {v2.COMPLETION_INDEX: "2"}}})
+    assert (read.role, read.node_rank, read.name) == ("node", 2, "node-2")
 
 
 def test_collect_reads_the_trainjob_and_its_runtime_for_the_pod_spec():

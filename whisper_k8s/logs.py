@@ -1,4 +1,4 @@
-"""Merge the logs of a job's replicas into one stream, stern-like: ``[master-0] ...``, ``[worker-1] ...``.
+"""Merge the logs of a job's replicas into one stream, stern-like: ``[master-0] ...``, ``[worker-0] ...``.
 
 Backends only say *which* replicas exist and *how* to read one; this module does the rest once for all of
 them: filtering by role/rank, one reader thread per replica instance, following replicas that restart or
@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from whisper_k8s.backends.base import PodLogLine
+from whisper_k8s.operators import replica_name
 
-# master before worker before anything else; then by rank.
-_ROLE_ORDER = {"master": 0, "node": 0, "worker": 1}
 _POLL_SECONDS = 0.2
 
 
@@ -35,24 +34,26 @@ _POLL_SECONDS = 0.2
 class ReplicaRef:
     """One replica instance whose log can be read.
 
-    ``name`` identifies the replica (pod name, local process group); ``instance`` changes when it restarts
-    or is re-created (e.g. ``<pod uid>/<restart count>``); ``ready`` is False while there is nothing to read
-    yet (pod not scheduled, container waiting for its image).
+    ``role``, ``index`` and ``rank`` say which replica it is (its name ``worker-0`` and its node rank);
+    ``name`` is its pod (container, local process group); ``instance`` changes when it restarts or is
+    re-created (e.g. ``<pod uid>/<restart count>``); ``ready`` is False while there is nothing to read yet
+    (pod not scheduled, container waiting for its image).
     """
 
     role: str
+    index: int
     rank: int
     name: str
     instance: str = ""
     ready: bool = True
 
     @property
-    def label(self) -> str:
-        return f"{self.role}-{self.rank}"
+    def replica(self) -> str:
+        return replica_name(self.role, self.index)
 
     @property
-    def sort_key(self) -> tuple[int, int, str]:
-        return (_ROLE_ORDER.get(self.role, 2), self.rank, self.name)
+    def sort_key(self) -> tuple[int, str]:
+        return (self.rank, self.name)
 
 
 Line = tuple[datetime | None, str]
@@ -94,8 +95,8 @@ def merge_logs(
 
 def _to_log_line(replica: ReplicaRef, line: Line) -> PodLogLine:
     when, text = line
-    return PodLogLine(role=replica.role, rank=replica.rank, text=text.rstrip("\n"), pod=replica.name,
-                      timestamp=when)
+    return PodLogLine(role=replica.role, index=replica.index, rank=replica.rank, text=text.rstrip("\n"),
+                      pod=replica.name, timestamp=when)
 
 
 def _snapshot(snapshots, open_stream, role, rank) -> Iterator[PodLogLine]:
@@ -135,7 +136,7 @@ class _Follower:
         with self.lock:
             self.running += 1
         threading.Thread(target=self._read, args=(replica,), daemon=True,
-                         name=f"logs-{replica.label}").start()
+                         name=f"logs-{replica.replica}").start()
 
     def _read(self, replica: ReplicaRef) -> None:
         try:
@@ -144,7 +145,7 @@ class _Follower:
                     return
                 self.lines.put(_to_log_line(replica, line))
         except Exception as err:  # a broken stream must not kill the other replicas' output
-            self.lines.put(PodLogLine(replica.role, replica.rank, f"(log stream ended: {err})", replica.name))
+            self.lines.put(_to_log_line(replica, (None, f"(log stream ended: {err})")))
         finally:
             with self.lock:
                 self.running -= 1

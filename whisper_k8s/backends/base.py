@@ -2,7 +2,7 @@
 
 Why an interface: `submit`, `status`, `logs`, `collect`, `delete` and `list` are written once against
 :class:`Scheduler`; the Kubernetes backend installs what the chart rendered, the local backend runs the same
-rendered pod specs as process groups, and a later docker backend runs them as containers.
+rendered pod specs as process groups, and the docker backend runs them as containers.
 
 The flow of one submission::
 
@@ -25,22 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_k8s.errors import ClusterError, UserError
-
-# The operator kinds a request can target (issue 11 adds "trainjob").
-OPERATORS = ("pytorchjob", "trainjob")
-
-
-class JobState:
-    """The coarse job states every backend maps its own conditions onto (plain strings, so they print)."""
-
-    PENDING = "Pending"  # accepted, no replica running yet (scheduling, image pull, init containers)
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    SUSPENDED = "Suspended"
-    UNKNOWN = "Unknown"
-
-    TERMINAL = (SUCCEEDED, FAILED)
+from whisper_k8s.operators import CONTRACTS, DEFAULT_OPERATOR, JobState, replica_name
 
 
 def yaml_documents(documents: list[dict[str, Any]]) -> str:
@@ -73,16 +58,13 @@ class AppRequest:
     namespace: str = "default"
     values: dict[str, Any] = field(default_factory=dict)
     documents: list[dict[str, Any]] = field(default_factory=list)
-    operator: str = "pytorchjob"
+    operator: str = DEFAULT_OPERATOR
     values_file: Path | None = None
     chart: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.operator not in OPERATORS:
-            raise UserError(f"operator {self.operator!r} is not supported: use one of {', '.join(OPERATORS)}")
-
-    def documents_of_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [doc for doc in self.documents if doc.get("kind") == kind]
+        if self.operator not in CONTRACTS:
+            raise UserError(f"operator {self.operator!r} is not supported: use one of {', '.join(CONTRACTS)}")
 
     def __str__(self) -> str:
         return yaml_documents(self.documents)
@@ -124,7 +106,8 @@ class JobCondition:
 
 @dataclass
 class PodStatus:
-    """One replica of the job: role (``master``/``worker``/``node``), node rank, and why it is unwell.
+    """One replica of the job: its pod name, role (``master``/``worker``/``node``), index within the role,
+    node rank, and why it is unwell.
 
     ``reason`` and ``message`` carry the explanation when something is wrong: the scheduler's
     ``Insufficient huawei.com/Ascend910``, ``ImagePullBackOff``, ``CrashLoopBackOff``, an exit code.
@@ -132,6 +115,7 @@ class PodStatus:
 
     name: str
     role: str
+    index: int
     rank: int
     phase: str
     restarts: int = 0
@@ -141,9 +125,9 @@ class PodStatus:
     message: str = ""
 
     @property
-    def label(self) -> str:
-        """The prefix used in merged logs: ``master-0``, ``worker-1``."""
-        return f"{self.role}-{self.rank}"
+    def replica(self) -> str:
+        """``master-0``, ``worker-0``: the replica's name (its pod name without the job name)."""
+        return replica_name(self.role, self.index)
 
 
 @dataclass
@@ -158,7 +142,7 @@ class JobStatus:
     pods: list[PodStatus] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     created: datetime | None = None
-    operator: str = "pytorchjob"
+    operator: str = DEFAULT_OPERATOR
     nodes: int | None = None  # replicas the job asked for (pods may not exist yet)
 
     @property
@@ -175,20 +159,21 @@ class JobStatus:
 
 @dataclass
 class PodLogLine:
-    """One line of one replica's log; ``str()`` gives the merged-log form ``[worker-1] text``."""
+    """One line of one replica's log; ``str()`` gives the merged-log form ``[worker-0] text``."""
 
     role: str
+    index: int
     rank: int
     text: str
     pod: str = ""
     timestamp: datetime | None = None
 
     @property
-    def label(self) -> str:
-        return f"{self.role}-{self.rank}"
+    def replica(self) -> str:
+        return replica_name(self.role, self.index)
 
     def __str__(self) -> str:
-        return f"[{self.label}] {self.text}"
+        return f"[{self.replica}] {self.text}"
 
 
 def make_handle(backend: str, namespace: str, name: str) -> str:
@@ -251,18 +236,16 @@ class Scheduler(ABC):
         role: str | None = None,
         rank: int | None = None,
     ) -> Iterator[str]:
-        """Merged log lines of the job's replicas, each prefixed ``[role-rank]`` (see whisper_k8s.logs).
+        """Merged log lines of the job's replicas, each prefixed with the replica's name, ``[worker-0]``
+        (see whisper_k8s.logs).
 
         ``since`` is in seconds before now; ``role``/``rank`` keep only matching replicas; with ``follow``
         the iterator keeps going across restarts and new replicas until the job ends or the caller stops.
         """
 
+    @abstractmethod
     def fetch_outputs(self, name: str, dest: Path) -> Path:
-        """Copy the job's outputs volume (checkpoints/, metrics.jsonl, processor/) to ``dest``; return it.
-
-        Implemented per backend by the `collect` work; a backend that cannot reach its outputs says so.
-        """
-        raise ClusterError(f"the {self.name} backend cannot fetch the outputs of job {name!r} yet")
+        """Copy the job's outputs volume (checkpoints/, metrics.jsonl, processor/) to ``dest``; return it."""
 
     def wait(self, name: str, *, timeout: float | None = None, poll_seconds: float = 2.0) -> JobStatus:
         """Poll :meth:`describe` until the job succeeds or fails; raise ClusterError on timeout/vanishing."""
@@ -320,7 +303,7 @@ def format_status(status: JobStatus, now: datetime | None = None) -> str:
         ))
     else:
         lines.append("no pods yet")
-    details = [f"{p.label}: {p.message}" for p in status.pods if p.message]
+    details = [f"{p.replica}: {p.message}" for p in status.pods if p.message]
     problems = status.problems + details
     if problems:
         lines.append("")

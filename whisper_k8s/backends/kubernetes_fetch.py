@@ -7,7 +7,8 @@ node selector and tolerations, so a hostPath volume is found on the same node), 
 as the local backend's), receives the tar over the exec API's binary channel with a progress bar, unpacks
 it safely and deletes the pod. ``activeDeadlineSeconds`` ends the pod even if this process dies.
 
-Permissions this needs beyond `status`: pods create/delete and pods/exec create.
+Permissions this needs beyond `status`: pods create/get/delete and pods/exec create. Every call, the exec
+stream included, goes through :class:`~whisper_k8s.backends.kubernetes_api.ClusterApi`'s error path.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from whisper_k8s.backends.kubernetes_api import Access, ClusterApi
 from whisper_k8s.collect import CONFIG, finish_fetch, transfer_bar
 from whisper_k8s.errors import ClusterError, UserError
-from whisper_k8s.operators import get_contract
+from whisper_k8s.operators import DEFAULT_OPERATOR, get_contract
 
 OUTPUTS_MOUNT = "/outputs"
 CONFIG_MOUNT = "/config"
@@ -38,7 +40,7 @@ def _mounted(container: dict[str, Any], volumes: dict[str, dict], path: str) -> 
     return None
 
 
-def helper_pod(documents: list[dict[str, Any]], operator: str = "pytorchjob") -> dict[str, Any]:
+def helper_pod(documents: list[dict[str, Any]], operator: str = DEFAULT_OPERATOR) -> dict[str, Any]:
     """The collect pod for a job: its first pod's image, security and placement, outputs mounted read-only.
 
     ``documents``: the job object as the cluster returns it (plus, for a TrainJob, its TrainingRuntime).
@@ -99,39 +101,43 @@ def safe_extract(archive: Path, dest: Path) -> None:
             tar.extractall(dest)
 
 
-def _wait_running(core: Any, name: str, namespace: str, timeout: float) -> None:
+def _wait_running(api: ClusterApi, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    where = f"cluster {api.cluster}: collect pod {api.namespace}/{name}"
     while True:
-        pod = core.read_namespaced_pod(name, namespace)
-        phase = pod.status.phase
+        pod = api.call(Access("", "pods", "get", name), api.core().read_namespaced_pod, name, api.namespace)
+        status = pod.get("status") or {}
+        phase = status.get("phase")
         if phase == "Running":
             return
         if phase in ("Failed", "Succeeded"):
-            raise ClusterError(f"collect pod {namespace}/{name} ended ({phase}) before it could be used")
-        waiting = [s.state.waiting for s in pod.status.container_statuses or [] if s.state and s.state.waiting]
-        if waiting and waiting[0].reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
-            raise ClusterError(f"collect pod {namespace}/{name}: {waiting[0].reason}: {waiting[0].message}")
+            raise ClusterError(f"{where} ended ({phase}) before it could be used")
+        waiting = [s["state"]["waiting"] for s in status.get("containerStatuses") or []
+                   if (s.get("state") or {}).get("waiting")]
+        if waiting and waiting[0].get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+            raise ClusterError(f"{where}: {waiting[0]['reason']}: {waiting[0].get('message', '')}")
         if time.monotonic() >= deadline:
-            conditions = [f"{c.type}={c.status} {c.reason or ''} {c.message or ''}".strip()
-                          for c in pod.status.conditions or []]
-            raise ClusterError(f"collect pod {namespace}/{name} is still {phase} after {timeout:.0f}s: "
-                               + "; ".join(conditions))
+            conditions = [" ".join(f"{c.get('type')}={c.get('status')} {c.get('reason') or ''} "
+                                   f"{c.get('message') or ''}".split()) for c in status.get("conditions") or []]
+            raise ClusterError(f"{where} is still {phase} after {timeout:.0f}s: " + "; ".join(conditions))
         time.sleep(2)
 
 
-def _stream_tar(api_client: Any, name: str, namespace: str, archive: Path) -> int | str:
+def _stream_tar(api: ClusterApi, name: str, archive: Path) -> int | str:
     """Run the selection in the pod and write its tar stdout to ``archive``; return the iteration."""
-    from kubernetes import client
     from kubernetes.stream import stream
 
-    core = client.CoreV1Api(api_client)
-    response = stream(core.connect_get_namespaced_pod_exec, name, namespace, command=_REMOTE, container="collect",
-                      stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False, binary=True)
+    access = Access("", "pods/exec", "create", name)
+    with api.errors(access):
+        response = stream(api.core().connect_get_namespaced_pod_exec, name, api.namespace, command=_REMOTE,
+                          container="collect", stderr=True, stdin=False, stdout=True, tty=False,
+                          _preload_content=False, binary=True)
     errors, iteration, bar = b"", None, None
     try:
         with open(archive, "wb") as out:
             while response.is_open():
-                response.update(timeout=5)
+                with api.errors(access):
+                    response.update(timeout=5)
                 if response.peek_stderr():
                     errors += response.read_stderr()
                     if iteration is None and b"\n" in errors:
@@ -152,27 +158,26 @@ def _stream_tar(api_client: Any, name: str, namespace: str, archive: Path) -> in
         response.close()
     if code not in (0, None) or iteration is None:
         message = errors.decode(errors="replace").strip().splitlines()[-3:]
-        raise ClusterError(f"collect pod {namespace}/{name} could not read the outputs: {' | '.join(message)}")
+        raise ClusterError(f"cluster {api.cluster}: collect pod {api.namespace}/{name} could not read the "
+                           f"outputs: {' | '.join(message)}")
     return iteration
 
 
-def fetch_outputs(api_client: Any, documents: list[dict[str, Any]], dest: Path, *,
-                  operator: str = "pytorchjob", start_timeout: float = START_TIMEOUT_SECONDS) -> Path:
+def fetch_outputs(api: ClusterApi, documents: list[dict[str, Any]], dest: Path, *,
+                  operator: str = DEFAULT_OPERATOR, start_timeout: float = START_TIMEOUT_SECONDS) -> Path:
     """Start the helper pod, stream the selected outputs into ``dest``, delete the pod; return ``dest``."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(api_client)
     pod = helper_pod(documents, operator)
-    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
-    core.create_namespaced_pod(namespace, pod)
+    name = pod["metadata"]["name"]
+    api.call(Access("", "pods", "create", name), api.core().create_namespaced_pod, api.namespace, pod)
     try:
-        _wait_running(core, name, namespace, start_timeout)
+        _wait_running(api, name, start_timeout)
         with tempfile.TemporaryDirectory(prefix="whisper-collect-", dir=dest.parent) as tmp:
             archive = Path(tmp) / "outputs.tar"
-            iteration = _stream_tar(api_client, name, namespace, archive)
+            iteration = _stream_tar(api, name, archive)
             safe_extract(archive, dest)
     finally:
-        core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+        api.call(Access("", "pods", "delete", name), api.core().delete_namespaced_pod, name, api.namespace,
+                 grace_period_seconds=0, missing_ok=True)
     (dest / CONFIG).mkdir(exist_ok=True)
     finish_fetch(dest, iteration)
     return dest

@@ -102,7 +102,7 @@ class LocalScheduler(Scheduler):
             "name": plan["name"], "namespace": plan["namespace"], "operator": plan["operator"],
             "backend": self.name, "phase": JobState.PENDING, "reason": "Created", "message": "",
             "created": state.now_iso(), "started": "", "finished": "", "attempt": 0, "restarts": 0,
-            "backoff_limit": plan["backoff_limit"], "master_port": None, "replicas": {},
+            "master_port": None, "replicas": {},
         })
 
     def _start_supervisor(self, job_path: Path) -> subprocess.Popen:
@@ -178,10 +178,10 @@ class LocalScheduler(Scheduler):
             os.kill(supervisor["pid"], signal.SIGKILL)
         shutil.rmtree(job_path)
 
-    def replica_processes(self, name: str, label: str) -> list[int]:
+    def replica_processes(self, name: str, replica_name: str) -> list[int]:
         """The live processes of one replica (``master-0``): its main process (the chart's launch wrapper),
         then the processes below it (torchrun, the training workers). For fault-injection tests and debugging."""
-        replica = self._require(name)["replicas"].get(label) or {}
+        replica = self._require(name)["replicas"].get(replica_name) or {}
         record = replica.get("process")
         if not state.is_ours_and_alive(record):
             return []
@@ -190,7 +190,7 @@ class LocalScheduler(Scheduler):
     # ------------------------------------------------------------------------------------------ logs
     def log_iter(self, name: str, *, follow: bool = False, since: float | None = None,
                  role: str | None = None, rank: int | None = None) -> Iterator[str]:
-        """Merged logs, ``[master-0] ...`` / ``[worker-1] ...`` (role and node rank, as on Kubernetes).
+        """Merged logs, ``[master-0] ...`` / ``[worker-0] ...`` (the replicas' names, as on Kubernetes).
 
         Every attempt of a replica is one instance (its own log file), so a follow continues across
         restarts. Lines carry no timestamps: ``since`` keeps the attempts whose log changed since then.
@@ -200,9 +200,9 @@ class LocalScheduler(Scheduler):
         snapshots = self._snapshots(name, since) if follow else iter([self._replica_refs(name, since)])
 
         def open_stream(replica: ReplicaRef, following: bool) -> Iterator[tuple[datetime | None, str]]:
-            label, attempt = replica.instance.rsplit("/", 1)
-            return _read_log(state.log_file(job_path, label, int(attempt)),
-                             (lambda: self._attempt_over(name, label, int(attempt))) if following else None)
+            attempt = int(replica.instance.rsplit("/", 1)[1])
+            return _read_log(state.log_file(job_path, replica.replica, attempt),
+                             (lambda: self._attempt_over(name, replica.replica, attempt)) if following else None)
 
         for line in merge_logs(snapshots, open_stream, follow=follow, role=role, rank=rank):
             yield str(line)
@@ -214,12 +214,12 @@ class LocalScheduler(Scheduler):
         job_path = state.job_dir(self.root, name)
         oldest = None if since is None else time.time() - since
         refs = []
-        for label, replica in job["replicas"].items():
-            for attempt in range(job["attempt"] + 1):
-                log = state.log_file(job_path, label, attempt)
+        for replica_name, replica in job["replicas"].items():
+            for attempt in range(replica["attempt"] + 1):
+                log = state.log_file(job_path, replica_name, attempt)
                 if log.is_file() and (oldest is None or log.stat().st_mtime >= oldest):
-                    refs.append(ReplicaRef(role=replica["role"], rank=replica["node_rank"], name=replica["pod"],
-                                           instance=f"{label}/{attempt}"))
+                    refs.append(ReplicaRef(role=replica["role"], index=replica["index"], rank=replica["node_rank"],
+                                           name=replica["pod"], instance=f"{replica_name}/{attempt}"))
         return refs
 
     def _snapshots(self, name: str, since: float | None) -> Iterator[list[ReplicaRef]]:
@@ -231,12 +231,12 @@ class LocalScheduler(Scheduler):
                 return
             time.sleep(_POLL_SECONDS * 2)
 
-    def _attempt_over(self, name: str, label: str, attempt: int) -> bool:
+    def _attempt_over(self, name: str, replica_name: str, attempt: int) -> bool:
         job = self._job(name)
-        if job is None or job["attempt"] > attempt or self._status(job).is_terminal:
+        if job is None or self._status(job).is_terminal:
             return True
-        replica = job["replicas"].get(label) or {}
-        return replica.get("attempt") == attempt and replica.get("phase") in JobState.TERMINAL
+        replica = job["replicas"].get(replica_name) or {}
+        return replica.get("attempt", 0) > attempt or replica.get("phase") in JobState.TERMINAL
 
     # ------------------------------------------------------------------------------------------ outputs
     def outputs_dir(self, name: str) -> Path:
@@ -262,12 +262,15 @@ class LocalScheduler(Scheduler):
 # ------------------------------------------------------------------------------------------------ helpers
 def _pod_status(replica: dict[str, Any]) -> PodStatus:
     code = replica.get("exit_code")
-    reason = ""
-    if replica["phase"] == "Failed":
+    phase, reason = replica["phase"], ""
+    if phase == JobState.FAILED:
         reason = f"Error (exit {code})"
-    elif replica["phase"] == "Running" and replica.get("init"):
+    elif replica.get("waiting"):  # a crashed container waiting for its restart: the pod itself runs on
+        phase, reason = JobState.RUNNING, replica["waiting"]
+    elif phase == JobState.RUNNING and replica.get("init"):
         reason = f"Init:{replica.get('container')}"
-    return PodStatus(name=replica["pod"], role=replica["role"], rank=replica["node_rank"], phase=replica["phase"],
+    return PodStatus(name=replica["pod"], role=replica["role"], index=replica["index"], rank=replica["node_rank"],
+                     phase=phase,
                      restarts=replica.get("restarts", 0), node=LOCAL_NODE,
                      started=state.parse_time(replica.get("started")), reason=reason,
                      message=f"log: {replica['log']}" if replica["phase"] == "Failed" else "")

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from whisper_k8s.errors import UserError
-from whisper_k8s.operators import OperatorJob, Replica
+from whisper_k8s.operators import OperatorJob, Replica, RestartRule
 
 LOCAL_HOST = "127.0.0.1"
 LOCAL_NODE = "localhost"
 PORT_PLACEHOLDER = "{local-master-port}"
 DEFAULT_GRACE_SECONDS = 30
-# Used when the job sets no runPolicy.backoffLimit (the operator would then restart forever).
+# Used when the job sets no restart limit (the operator would then restart forever).
 DEFAULT_LOCAL_BACKOFF = 3
 _HOST_MOUNTS = ("/dev/shm", "/tmp")
 _VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
@@ -242,7 +242,7 @@ def build_plan(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path
     for replica in job.replicas:
         grace = replica.pod_spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
         replicas.append({
-            "label": replica.label, "role": replica.role, "index": replica.index,
+            "replica": replica.name, "role": replica.role, "index": replica.index,
             "node_rank": replica.node_rank, "pod": replica.pod_name, "restart_policy": replica.restart_policy,
             "grace_seconds": grace,
             "steps": replica_steps(replica, job, documents, job_path, address_variables, port_variables,
@@ -250,11 +250,12 @@ def build_plan(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path
         })
     job_mounts = {path: local for step in replicas[0]["steps"] for path, local in step["mounts"].items()}
     folders = {local for replica in replicas for step in replica["steps"] for local in step["mounts"].values()}
-    backoff = job.backoff_limit
+    rule = job.restart
     return {
         "name": job.name, "namespace": job.namespace, "operator": job.operator,
-        "backoff_limit": DEFAULT_LOCAL_BACKOFF if backoff is None else backoff,
-        "backoff_limit_set": backoff is not None,
+        "restart": {"scope": rule.scope, "inclusive": rule.inclusive, "source": rule.source,
+                    "limit": DEFAULT_LOCAL_BACKOFF if rule.limit is None else rule.limit},
+        "restart_limit_set": rule.limit is not None,
         "grace_seconds": max(r["grace_seconds"] for r in replicas),
         "bin_dir": str(Path(python).parent),
         "mounts": job_mounts,
@@ -266,13 +267,16 @@ def build_plan(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path
 
 def describe_plan(plan: dict[str, Any]) -> list[str]:
     """One human line per thing the local backend will do (the dry run's header)."""
-    lines = [f"local job {plan['name']}: {len(plan['replicas'])} replica(s), restarts up to "
-             f"{plan['backoff_limit']}" + ("" if plan["backoff_limit_set"] else " (local default)")]
+    restart = plan["restart"]
+    lines = [f"local job {plan['name']}: {len(plan['replicas'])} replica(s); a failed replica restarts "
+             f"{'in place' if restart['scope'] == RestartRule.IN_PLACE else 'every replica'}, limit "
+             f"{restart['limit']}" + ("" if plan["restart_limit_set"] else " (local default)")
+             + f" ({restart['source']})"]
     lines += [f"volume {path} -> {local}" for path, local in sorted(plan["mounts"].items())]
     for replica in plan["replicas"]:
         for step in replica["steps"]:
             kind = "init " if step["init"] else ""
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in step["env"].items())
-            line = f"{replica['label']} {kind}{step['container']}: {env} {shlex.join(step['argv'])}"
+            line = f"{replica['replica']} {kind}{step['container']}: {env} {shlex.join(step['argv'])}"
             lines.append(line.replace("\n", "\\n"))  # one line each: the dry run prints them as comments
     return lines

@@ -8,7 +8,7 @@ Every CLI command is a fresh process, so a local job lives entirely in a folder:
         documents.yaml            the documents the chart rendered
         supervisor.json           the supervisor's pid and start time
         supervisor.log            the supervisor's own messages
-        logs/<label>.<attempt>.log   one file per replica per attempt (init containers, then the trainer)
+        logs/<replica>.<attempt>.log one file per replica (worker-0) per attempt (init containers, then the trainer)
         volumes/...               local folders standing in for the pods' volumes
         work/<pod>/               each replica's working directory
 
@@ -51,8 +51,9 @@ def job_dir(root: Path, name: str) -> Path:
     return root / name
 
 
-def log_file(job_path: Path, label: str, attempt: int) -> Path:
-    return job_path / "logs" / f"{label}.{attempt}.log"
+def log_file(job_path: Path, replica: str, attempt: int) -> Path:
+    """``logs/worker-0.1.log``: what replica ``worker-0`` wrote in attempt 1."""
+    return job_path / "logs" / f"{replica}.{attempt}.log"
 
 
 def now_iso() -> str:

@@ -7,17 +7,23 @@ the plan (see :mod:`whisper_k8s.backends.local_plan`) the way the operator and k
   containers first, in order, then the trainer container; all replicas start together;
 * the operator's success policy decides when the job has succeeded (PyTorchJob: the master succeeded);
   replicas still running then get the grace period to finish before they are stopped;
-* when any replica fails, every replica of the attempt is stopped (SIGTERM to its process group, then
-  SIGKILL after the pod's ``terminationGracePeriodSeconds``) and, if the replica's restart policy allows it
-  and fewer than ``backoffLimit`` restarts happened, the whole group starts again on a fresh port (the trainer
-  resumes from its latest checkpoint by itself); otherwise the job has failed;
+* when a replica fails, the operator's restart rule (:class:`whisper_k8s.operators.RestartRule`, from the
+  job's contract) decides, as the operator and the kubelet would: if the pod's restart policy allows a
+  restart, a PyTorchJob's failed replica restarts *in place* (its failed container runs again on the same
+  master port while the other replicas keep running, as the kubelet does for ``restartPolicy: OnFailure``),
+  and a TrainJob restarts *every* replica on a fresh port (the JobSet recreates all its jobs); once the
+  restarts reach the rule's limit (``runPolicy.backoffLimit``, ``failurePolicy.maxRestarts``), or the policy
+  forbids a restart, every replica is stopped (SIGTERM to its process group, then SIGKILL after the pod's
+  ``terminationGracePeriodSeconds``) and the job has failed. The trainer resumes from its latest checkpoint
+  by itself;
 * SIGTERM to the supervisor (what ``delete`` sends) stops the replicas the same way and ends the job.
 
 SIGTERM goes to each replica's process group (the container's main process: ``torchrun``), which forwards it
 to its workers, as in a pod. torchrun starts its workers in sessions of their own, so killing a group does
 not reach them; like a container runtime that kills the whole cgroup, the supervisor makes itself the
-"child subreaper" of everything it starts (Linux), and at the end of each attempt kills whatever of its
-descendants is still alive, orphans included. Nothing outlives the attempt it belongs to.
+"child subreaper" of everything it starts (Linux) and marks each replica run's processes with
+:data:`RUN_MARKER` in their environment; a run's leftovers (orphans included) are killed when it is restarted,
+everything left when the job ends. Nothing outlives the run it belongs to.
 
 Everything it knows is written to ``job.json`` after each change, never kept only in memory.
 """
@@ -36,14 +42,16 @@ from typing import Any
 
 from whisper_k8s.backends import local_state as state
 from whisper_k8s.backends.local_plan import PORT_PLACEHOLDER
-from whisper_k8s.operators import get_contract
-from whisper_k8s.operators.base import FAILED, RUNNING, SUCCEEDED
+from whisper_k8s.operators import RestartRule, all_injected_variables, get_contract
+from whisper_k8s.operators.base import CRASH_LOOP_RESET_SECONDS, FAILED, RUNNING, SUCCEEDED
 
 POLL_SECONDS = 0.2
 PENDING = "Pending"
-# Host variables a replica must not inherit: the operator's and torchrun's own, set per replica.
-_INHERITED_BLOCKLIST = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "GROUP_RANK",
-                        "LOCAL_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE")
+RUN_MARKER = "WHISPER_K8S_REPLICA_RUN"  # <job dir>/<replica>/<attempt>, in the environment of each run's processes
+# Host variables a replica must not inherit: any operator's (set per replica) and torchrun's own (torchrun
+# reads every PET_<flag>, and sets the others for its workers).
+_INHERITED_BLOCKLIST = (*all_injected_variables(), "WORLD_SIZE", "RANK", "LOCAL_RANK", "GROUP_RANK",
+                        "LOCAL_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _INHERITED_PREFIXES = ("PET_", "TORCHELASTIC_")
 
 
@@ -74,43 +82,63 @@ def become_subreaper() -> None:
         pass
 
 
-def kill_leftovers(known: set[int]) -> None:
-    """SIGKILL every descendant still alive, then reap those that are not our Popen objects' own."""
-    for pid in state.descendants(os.getpid()):
+def kill_leftovers(marker: str = "") -> None:
+    """SIGKILL every descendant still alive (only those of one replica run when ``marker`` is given: its
+    processes carry it in their environment, as a container's processes share its cgroup), then reap them."""
+    doomed = [pid for pid in state.descendants(os.getpid()) if not marker or _has_marker(pid, marker)]
+    for pid in doomed:
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    for pid in state.descendants(os.getpid()):
-        if pid not in known:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+    for pid in doomed:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # not our child (its parent reaps it), or reaped already
+            pass
 
 
-def restartable(policy: str, code: int) -> bool:
-    """Whether a failed replica may be restarted: OnFailure/Always yes, ExitCode only for 128+ codes."""
-    if policy in ("OnFailure", "Always"):
-        return True
-    return policy == "ExitCode" and code >= 128
+def _has_marker(pid: int, marker: str) -> bool:
+    try:
+        return f"{RUN_MARKER}={marker}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 class ReplicaRun:
-    """One replica in one attempt: its steps run one after the other in one log file."""
+    """One run of one replica's containers (a pod's init containers then its trainer, or, after an in-place
+    restart, the failed container onward): its steps run one after the other into one log file."""
 
-    def __init__(self, spec: dict[str, Any], log_path: Path, port: int, base_env: dict[str, str]):
+    def __init__(self, spec: dict[str, Any], job_path: Path, port: int, base_env: dict[str, str], *,
+                 attempt: int = 0, restarts: int = 0, first_step: int = 0, crashes: int = 0,
+                 start_at: float = 0.0):
         self.spec = spec
-        self.log_path = log_path
+        self.attempt, self.restarts = attempt, restarts
+        self.crashes, self.start_at = crashes, start_at  # crashes in a row; when a delayed restart starts
+        self.log_path = state.log_file(job_path, spec["replica"], attempt)
+        self.marker = f"{job_path}/{spec['replica']}/{attempt}"
         self.port = str(port)
         self.base_env = base_env
-        self.step = -1
+        self.step = first_step - 1
         self.process: subprocess.Popen | None = None
         self.record: dict[str, int] | None = None
         self.phase = PENDING
         self.code: int | None = None
         self.started = ""
+        self.started_at = 0.0
         self.finished = ""
+
+    def restarted(self, rule: RestartRule) -> ReplicaRun:
+        """The same replica, its failed container to start again in place after the kubelet's back-off."""
+        ran_long = self.started_at and time.monotonic() - self.started_at >= CRASH_LOOP_RESET_SECONDS
+        crashes = 1 if ran_long else self.crashes + 1
+        return ReplicaRun(self.spec, self.log_path.parent.parent, int(self.port), self.base_env,
+                          attempt=self.attempt + 1, restarts=self.restarts + 1, first_step=self.step,
+                          crashes=crashes, start_at=time.monotonic() + rule.delay(crashes))
+
+    def due(self) -> bool:
+        """Whether a delayed restart may start now."""
+        return self.phase == PENDING and self.process is None and time.monotonic() >= self.start_at
 
     def localize(self, text: str) -> str:
         return text.replace(PORT_PLACEHOLDER, self.port)
@@ -121,6 +149,7 @@ class ReplicaRun:
         Path(step["cwd"]).mkdir(parents=True, exist_ok=True)
         env = dict(self.base_env)
         env.update({k: self.localize(v) for k, v in step["env"].items()})
+        env[RUN_MARKER] = self.marker
         with open(self.log_path, "ab") as log:
             if step["init"]:
                 log.write(f"(init container {step['container']})\n".encode())
@@ -132,6 +161,7 @@ class ReplicaRun:
         self.record = state.process_record(self.process.pid)
         self.phase = RUNNING
         self.started = self.started or state.now_iso()
+        self.started_at = self.started_at or time.monotonic()
 
     def poll(self) -> bool:
         """Advance on a finished step; True when something changed."""
@@ -178,13 +208,14 @@ class ReplicaRun:
         self.kill_group(signal.SIGKILL)
         self.finish(SUCCEEDED if returncode == 0 else FAILED, exit_code(returncode))
 
-    def as_json(self, attempt: int, restarts: int) -> dict[str, Any]:
+    def as_json(self) -> dict[str, Any]:
         step = self.spec["steps"][max(self.step, 0)]
         return {
             "role": self.spec["role"], "index": self.spec["index"], "node_rank": self.spec["node_rank"],
             "pod": self.spec["pod"], "phase": self.phase, "container": step["container"], "init": step["init"],
             "process": self.record if self.phase == RUNNING else None, "exit_code": self.code,
-            "attempt": attempt, "restarts": restarts, "started": self.started, "finished": self.finished,
+            "attempt": self.attempt, "restarts": self.restarts, "started": self.started, "finished": self.finished,
+            "waiting": "CrashLoopBackOff" if self.phase == PENDING and self.start_at else "",
             "log": str(self.log_path),
         }
 
@@ -195,9 +226,11 @@ class Supervisor:
         self.plan = state.read_json(job_path / state.PLAN_FILE)
         self.job = state.read_json(job_path / state.JOB_FILE)
         self.contract = get_contract(self.plan["operator"])
+        self.rule = RestartRule(**self.plan["restart"])
         self.stop_requested = False
         self.base_env = host_environment(self.plan["bin_dir"])
-        self.runs: list[ReplicaRun] = []  # the current attempt's replicas
+        self.grace = float(self.plan["grace_seconds"])
+        self.runs: list[ReplicaRun] = []  # the current run of every replica
 
     def request_stop(self, signum, frame) -> None:  # signal handler
         self.stop_requested = True
@@ -206,9 +239,8 @@ class Supervisor:
         self.job.update(fields)
         state.write_json(self.job_path / state.JOB_FILE, self.job)
 
-    def save_replicas(self, runs: list[ReplicaRun]) -> None:
-        self.save(replicas={run.spec["label"]: run.as_json(self.job["attempt"], self.job["restarts"])
-                            for run in runs})
+    def save_replicas(self) -> None:
+        self.save(replicas={run.spec["replica"]: run.as_json() for run in self.runs})
 
     def run(self) -> int:
         become_subreaper()
@@ -216,75 +248,86 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.request_stop)
         self.save(started=state.now_iso(), phase=RUNNING)
         try:
-            return self.run_attempts()
+            return self.supervise()
         except Exception as err:  # never leave job.json saying Running for a job nobody runs
-            self.stop_all(self.runs, float(self.plan["grace_seconds"]))
+            self.stop_all()
             return self.end(FAILED, "SupervisorError", f"{type(err).__name__}: {err}")
 
-    def run_attempts(self) -> int:
-        while True:
-            if self.stop_requested:  # deleted between two attempts
-                return self.end(FAILED, "Deleted", "stopped on request (SIGTERM)")
-            outcome, failed = self.run_attempt()
-            codes = {run.spec["label"]: run.code for run in self.runs}
-            self.save(history=[*self.job.get("history", []),
-                               {"attempt": self.job["attempt"], "outcome": outcome, "exit_codes": codes}])
-            if outcome == SUCCEEDED:
-                return self.end(SUCCEEDED, "Succeeded", f"job {self.plan['name']} successfully completed")
-            if outcome == "Stopped":
-                return self.end(FAILED, "Deleted", "stopped on request (SIGTERM)")
-            label, code = failed
-            policy = next(r["restart_policy"] for r in self.plan["replicas"] if r["label"] == label)
-            if not restartable(policy, code):
-                return self.end(FAILED, "Failed", f"{label} exited with {code} (restartPolicy {policy})")
-            if self.job["restarts"] >= self.plan["backoff_limit"]:
-                return self.end(FAILED, "BackoffLimitExceeded",
-                                f"{label} exited with {code} after {self.job['restarts']} restart(s): "
-                                f"backoffLimit {self.plan['backoff_limit']} reached")
-            self.save(restarts=self.job["restarts"] + 1, attempt=self.job["attempt"] + 1,
-                      reason="Restarting", message=f"{label} exited with {code}: restarting all replicas")
-
-    def run_attempt(self) -> tuple[str, tuple[str, int] | None]:
-        attempt = self.job["attempt"]
+    def start_all(self, attempt: int) -> None:
+        """Start every replica (at submit, and when the whole job restarts) on a fresh local master port."""
         port = free_port()
-        self.runs = runs = [ReplicaRun(spec, state.log_file(self.job_path, spec["label"], attempt), port,
-                                       self.base_env) for spec in self.plan["replicas"]]
-        for run in runs:
+        self.runs = [ReplicaRun(spec, self.job_path, port, self.base_env, attempt=attempt, restarts=attempt)
+                     for spec in self.plan["replicas"]]
+        for run in self.runs:
             run.start_next()
-        self.save(master_port=port)
-        self.save_replicas(runs)
-        grace = float(self.plan["grace_seconds"])
+        self.save(master_port=port, attempt=attempt)
+        self.save_replicas()
+
+    def supervise(self) -> int:
+        self.start_all(0)
         success_deadline = None
         while True:
-            changed = [run.poll() for run in runs]
-            failed = next((run for run in runs if run.phase == FAILED), None)
-            if self.stop_requested or failed:
-                self.stop_all(runs, grace)
-                if self.stop_requested:
-                    return "Stopped", None
-                return FAILED, (failed.spec["label"], failed.code)
-            phases = {run.spec["label"]: run.phase for run in runs}
-            if self.contract.succeeded(phases):
-                if all(run.phase == SUCCEEDED for run in runs):
-                    self.stop_all(runs, grace)  # nothing left to stop but orphaned helpers
-                    return SUCCEEDED, None
-                success_deadline = success_deadline or time.monotonic() + grace
-                if time.monotonic() >= success_deadline:
-                    self.stop_all(runs, grace)
-                    return SUCCEEDED, None
-            if any(changed):
-                self.save_replicas(runs)
+            changed = any([run.poll() for run in self.runs])
+            for run in self.runs:
+                if run.due():
+                    run.start_next()
+                    changed = True
+            if self.stop_requested:
+                self.stop_all()
+                return self.end(FAILED, "Deleted", "stopped on request (SIGTERM)")
+            failed = next((run for run in self.runs if run.phase == FAILED), None)
+            if failed is not None:
+                ended = self.restart_or_fail(failed)
+                if ended is not None:
+                    return ended
+                changed = True
+            if self.contract.succeeded({run.spec["replica"]: run.phase for run in self.runs}):
+                success_deadline = success_deadline or time.monotonic() + self.grace
+                if all(run.phase == SUCCEEDED for run in self.runs) or time.monotonic() >= success_deadline:
+                    self.stop_all()  # the replicas still running, and orphaned helpers
+                    return self.end(SUCCEEDED, "Succeeded", f"job {self.plan['name']} successfully completed")
+            if changed:
+                self.save_replicas()
             time.sleep(POLL_SECONDS)
 
-    def stop_all(self, runs: list[ReplicaRun], grace: float) -> None:
+    def restart_or_fail(self, failed: ReplicaRun) -> int | None:
+        """The operator's answer to a failed replica (see its RestartRule): restart it in place or restart
+        every replica, or end the job when its restart policy or the restart limit says so."""
+        name, code, policy = failed.spec["replica"], failed.code, failed.spec["restart_policy"]
+        self.save(history=[*self.job.get("history", []),
+                           {"replica": name, "attempt": failed.attempt, "exit_code": code}])
+        if not self.contract.restartable(policy, code):
+            self.stop_all()
+            return self.end(FAILED, "Failed", f"{name} exited with {code} (restartPolicy {policy})")
+        restarts = self.job["restarts"] + 1
+        if self.rule.limit_reached(restarts):
+            if self.rule.inclusive:  # the kubelet restarted the container, then the operator counted it
+                failed.restarts += 1
+                self.job["restarts"] = restarts
+            self.stop_all()
+            return self.end(FAILED, "BackoffLimitExceeded",
+                            f"{name} exited with {code} after {self.job['restarts']} restart(s) of the job: "
+                            f"restart limit {self.rule.limit} reached ({self.rule.source})")
+        if self.rule.scope == RestartRule.IN_PLACE:
+            kill_leftovers(failed.marker)
+            self.runs[self.runs.index(failed)] = again = failed.restarted(self.rule)
+            action = f"restarting in place in {self.rule.delay(again.crashes):.0f} s (the kubelet's back-off)"
+        else:
+            self.stop_all()
+            self.start_all(self.job["attempt"] + 1)
+            action = "restarting every replica"
+        self.save(restarts=restarts, reason="Restarting", message=f"{name} exited with {code}: {action}")
+        return None
+
+    def stop_all(self) -> None:
         """Stop every running replica: SIGTERM to all groups at once, then wait for each within the grace."""
-        for run in runs:
+        for run in self.runs:
             run.terminate()
-        deadline = time.monotonic() + grace
-        for run in runs:
+        deadline = time.monotonic() + self.grace
+        for run in self.runs:
             run.reap(max(0.0, deadline - time.monotonic()))
-        self.save_replicas(runs)
-        kill_leftovers({run.process.pid for run in runs if run.process})
+        self.save_replicas()
+        kill_leftovers()
 
     def end(self, phase: str, reason: str, message: str) -> int:
         self.save(phase=phase, reason=reason, message=message, finished=state.now_iso())

@@ -1,4 +1,5 @@
-"""`logs`: the merged logs of all pods of a job, each line prefixed ``[role-rank]``; ``-f`` follows."""
+"""`logs`: the merged logs of all pods of a job, each line prefixed with its replica (``[worker-0]``); ``-f``
+follows."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import argparse
 import sys
 
 from whisper_k8s.cli import _jobs
+from whisper_k8s.operators import all_roles
 
 NAME = "logs"
-HELP = "print the merged logs of a job's pods ([master-0], [worker-1] ...); -f follows restarts and new pods"
+HELP = "print the merged logs of a job's pods ([master-0], [worker-0] ...); -f follows restarts and new pods"
 ORDER = 30
 EXAMPLES = """
   python -m whisper_k8s logs whisper-hi
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _jobs.add_job_name(parser)
     parser.add_argument("-f", "--follow", action="store_true", help="keep streaming until the job ends (Ctrl-C stops)")
     parser.add_argument("--since", type=duration, metavar="DURATION", help="only lines newer than this: 30s, 10m, 2h")
-    parser.add_argument("--role", choices=("master", "worker", "node"), help="only this replica role")
+    parser.add_argument("--role", choices=all_roles(), help="only this replica role")
     parser.add_argument("--rank", type=int, help="only the replica with this node rank")
     _jobs.add_backend_arguments(parser)
 

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    if not args.debug:  # a failed call is explained in one line; the client's retry warnings would repeat it
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

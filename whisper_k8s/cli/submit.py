@@ -10,6 +10,7 @@ from pathlib import Path
 
 from whisper_k8s import chart
 from whisper_k8s.cli import _jobs
+from whisper_k8s.operators import CONTRACTS, DEFAULT_OPERATOR
 
 NAME = "submit"
 HELP = "start (or upgrade) a Whisper pretraining job from chart values, flags and --set"
@@ -38,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help=f"model preset: {chart.presets_text()} (the chart's "
                                          "files/model-presets)")
     parser.add_argument("--language", help="Common Voice locale(s), e.g. hi or hi,en")
-    parser.add_argument("--operator", choices=("pytorchjob", "trainjob"),
+    parser.add_argument("--operator", choices=list(CONTRACTS),
                         help="job kind: PyTorchJob (training-operator v1) or TrainJob (Kubeflow Trainer v2); "
-                             "default: the one the cluster serves (local runs and dry runs: pytorchjob)")
+                             f"default: the one the cluster serves (local runs and dry runs: {DEFAULT_OPERATOR})")
     parser.add_argument("-f", "--values", dest="values_files", action="append", default=[], metavar="FILE",
                         help="chart values file (repeatable; later files win)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     documents = chart.render(user_values, name, args.namespace)  # the one schema check
     values_file = Path(args.values_out) if args.values_out else values.default_values_path(name)
     request = AppRequest(name=name, namespace=args.namespace, values=user_values, documents=documents,
-                         operator=user_values.get("operator", "pytorchjob"), values_file=values_file)
+                         operator=user_values.get("operator", DEFAULT_OPERATOR), values_file=values_file)
     info = scheduler.dryrun(request)  # refuses what cannot run (e.g. a missing host folder) before any write
     values.write_values(user_values, values_file)
     if args.dry_run:

@@ -14,9 +14,16 @@ The rules, from the operator's defaulting and ``pkg/controller.v1/pytorch/envvar
   nprocPerNode, x 1 when nprocPerNode is not an integer), ``RANK`` and ``PET_NODE_RANK`` (both the node
   rank), ``PET_NPROC_PER_NODE`` (verbatim); then ``PET_NNODES`` (total replicas).
 * The job succeeds when the master succeeds (the default success policy).
+* Restarts (``pkg/controller.v1/common/pod.go``, ``pkg/core/job.go`` ``PastBackoffLimit``): the pod gets the
+  replica's ``restartPolicy``, so with ``OnFailure`` the kubelet restarts a failed pod's container in place
+  and the other pods keep running; the operator fails the job once the restart counts of its running pods
+  add up to ``runPolicy.backoffLimit`` (any restart when it is 0; never when it is unset). With ``ExitCode``
+  a failed pod is deleted and recreated when its exit code is 128 or more (a signal), else the job fails.
+* Conditions ``Created``, ``Running``, ``Restarting``, ``Succeeded``, ``Failed``, ``Suspended``.
 
-Not modelled: ``elasticPolicy`` (refused, the chart does not render it) and the DNS-wait init container the
-operator adds to workers (meaningless where the master address is known).
+Not modelled: ``elasticPolicy`` (refused, the chart does not render it), the DNS-wait init container the
+operator adds to workers (meaningless where the master address is known) and the kubelet's growing delay
+between restarts of one container (10 s, doubling).
 """
 
 from __future__ import annotations
@@ -25,7 +32,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from whisper_k8s.errors import UserError
-from whisper_k8s.operators.base import SUCCEEDED, OperatorContract, OperatorJob, Replica, int_field
+from whisper_k8s.operators.base import (
+    SUCCEEDED,
+    JobState,
+    OperatorContract,
+    OperatorJob,
+    Replica,
+    ReplicaId,
+    RestartRule,
+    int_field,
+    replica_name,
+)
 
 MASTER = "Master"
 WORKER = "Worker"
@@ -46,7 +63,7 @@ OPERATOR_NAME_LABEL = LABEL_PREFIX + "operator-name"
 
 def pod_name(job: str, replica_type: str, index: int) -> str:
     """``<job>-master-0``, ``<job>-worker-3``: the operator's pod (and service) names."""
-    return f"{job}-{replica_type.lower()}-{index}"
+    return f"{job}-{replica_name(replica_type.lower(), index)}"
 
 
 def master_port(spec: dict[str, Any]) -> int:
@@ -59,6 +76,11 @@ def master_port(spec: dict[str, Any]) -> int:
             if port.get("name") == PORT_NAME:
                 return int_field(port.get("containerPort"), f"Master {CONTAINER} port {PORT_NAME}", minimum=1)
     return DEFAULT_PORT
+
+
+def node_rank(role: str, index: int) -> int:
+    """Master is node rank 0; worker ``i`` is node rank ``i + 1`` (the operator's RANK and PET_NODE_RANK)."""
+    return index + 1 if role == WORKER.lower() else index
 
 
 def world_size(total_replicas: int, nproc_per_node: str) -> int:
@@ -103,10 +125,21 @@ def pod_labels(template: dict[str, Any], job: str, replica_type: str, index: int
 class PyTorchJobContract(OperatorContract):
     name = "pytorchjob"
     kind = "PyTorchJob"
-    api_version = "kubeflow.org/v1"
+    group, version, plural = "kubeflow.org", "v1", "pytorchjobs"
+    crd = "pytorchjobs.kubeflow.org"
+    install_hint = (
+        "install the Kubeflow training operator (v1.9): kubectl apply --server-side "
+        '-k "github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0" '
+        "(the CRD is too large for a client-side apply)"
+    )
+    container = CONTAINER
+    roles = tuple(rtype.lower() for rtype in REPLICA_TYPES)
     master_address_variables = ("MASTER_ADDR", "PET_MASTER_ADDR")
     master_port_variables = ("MASTER_PORT", "PET_MASTER_PORT")
-    job_name_label = JOB_NAME_LABEL
+    injected_variables = ("PYTHONUNBUFFERED", "MASTER_PORT", "MASTER_ADDR", "PET_MASTER_PORT", "PET_MASTER_ADDR",
+                          "WORLD_SIZE", "RANK", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_NNODES")
+    final_states = {"Failed": JobState.FAILED, "Succeeded": JobState.SUCCEEDED, "Suspended": JobState.SUSPENDED,
+                    "Restarting": JobState.RUNNING, "Running": JobState.RUNNING, "Created": JobState.PENDING}
 
     def read_job(self, documents: list[dict[str, Any]]) -> OperatorJob:
         document = self.job_document(documents)
@@ -135,7 +168,7 @@ class PyTorchJobContract(OperatorContract):
         replicas = []
         for rtype in REPLICA_TYPES:
             for index in range(counts.get(rtype, 0)):
-                rank = index + 1 if rtype == WORKER else index
+                rank = node_rank(rtype.lower(), index)
                 template = replica_specs[rtype].get("template") or {}
                 replicas.append(Replica(
                     role=rtype.lower(),
@@ -148,8 +181,7 @@ class PyTorchJobContract(OperatorContract):
                     labels=pod_labels(template, job, rtype, index),
                     restart_policy=replica_specs[rtype].get("restartPolicy") or DEFAULT_RESTART_POLICY,
                 ))
-        run_policy = spec.get("runPolicy") or {}
-        backoff = run_policy.get("backoffLimit")
+        backoff = (spec.get("runPolicy") or {}).get("backoffLimit")
         return OperatorJob(
             operator=self.name,
             name=job,
@@ -157,10 +189,27 @@ class PyTorchJobContract(OperatorContract):
             replicas=replicas,
             master_host=pod_name(job, MASTER, 0),
             master_port=port,
-            backoff_limit=None if backoff is None else int_field(backoff, "spec.runPolicy.backoffLimit"),
+            restart=RestartRule(
+                scope=RestartRule.IN_PLACE, inclusive=True,
+                limit=None if backoff is None else int_field(backoff, "spec.runPolicy.backoffLimit"),
+                source="training-operator v1.9: restartPolicy OnFailure restarts the failed pod's container, "
+                       "runPolicy.backoffLimit caps the sum of restarts"),
             document=document,
         )
 
     def succeeded(self, phases: Mapping[str, str]) -> bool:
         """The default success policy: the job is done when the master has succeeded."""
-        return phases.get("master-0") == SUCCEEDED
+        return phases.get(replica_name("master", 0)) == SUCCEEDED
+
+    def pod_selector(self, job: str) -> str:
+        return f"{JOB_NAME_LABEL}={job}"
+
+    def read_pod(self, pod: dict[str, Any]) -> ReplicaId:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        role = labels.get(REPLICA_TYPE_LABEL, "unknown").lower()
+        index = int(labels.get(REPLICA_INDEX_LABEL, "0"))
+        return ReplicaId(role=role, index=index, node_rank=node_rank(role, index))
+
+    def nodes(self, job: dict[str, Any]) -> int | None:
+        specs = (job.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+        return sum(int(spec.get("replicas", 1)) for spec in specs.values())

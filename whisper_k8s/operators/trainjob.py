@@ -12,11 +12,15 @@ The rules (see ``tests/fixtures/reference/README.md``, section Trainer v2):
   ``PET_NODE_RANK`` (the pod's ``batch.kubernetes.io/job-completion-index``), ``PET_MASTER_ADDR``
   (``<job>-node-0-0.<job>``) and ``PET_MASTER_PORT`` (29500). A TrainJob that sets one of these five in
   ``trainer.env`` is rejected.
-* Restarts are the JobSet's: when a node fails, all its jobs are recreated, up to
-  ``failurePolicy.maxRestarts`` times (none when unset); the job succeeds when every node has succeeded.
+* Restarts are the JobSet's (``failurePolicy``, JobSet API: "a restart is achieved by recreating all active
+  child jobs"): when a node fails, every node is stopped and recreated, up to ``failurePolicy.maxRestarts``
+  times (none when unset), then the job fails. The job succeeds when every node has succeeded.
+* Conditions ``Complete``, ``Failed``, ``Suspended``; no Running condition: a job whose child Jobs have
+  active or ready pods is running.
 
 Not modelled: ``runtimePatches`` (refused; the chart renders a runtime of its own instead), runtimes other
-than a ``TrainingRuntime`` rendered beside the TrainJob, and the Indexed Job's in-place pod restarts.
+than a ``TrainingRuntime`` rendered beside the TrainJob, and the Indexed Job's own in-place pod restarts
+(counted against the child Job's ``backoffLimit`` before the JobSet restarts everything).
 """
 
 from __future__ import annotations
@@ -28,10 +32,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from whisper_k8s.errors import UserError
-from whisper_k8s.operators.base import SUCCEEDED, OperatorContract, OperatorJob, Replica, int_field
+from whisper_k8s.operators.base import (
+    SUCCEEDED,
+    JobState,
+    OperatorContract,
+    OperatorJob,
+    Replica,
+    ReplicaId,
+    RestartRule,
+    int_field,
+)
 
 ROLE = "node"
 CONTAINER = "node"
+RUNTIME_KIND = "TrainingRuntime"
+RUNTIME_PLURAL = "trainingruntimes"
 MASTER_PORT = 29500
 RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
@@ -90,17 +105,28 @@ def merge_env(base: list[dict[str, Any]], override: list[dict[str, Any]]) -> lis
 class TrainJobContract(OperatorContract):
     name = "trainjob"
     kind = "TrainJob"
-    api_version = "trainer.kubeflow.org/v1alpha1"
+    group, version, plural = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+    runtime_plural = RUNTIME_PLURAL
+    crd = "trainjobs.trainer.kubeflow.org"
+    install_hint = (
+        "install Kubeflow Trainer (v2.3): kubectl apply --server-side "
+        '-k "github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=v2.3.0" '
+        "(or helm install kubeflow-trainer oci://ghcr.io/kubeflow/charts/kubeflow-trainer --version 2.3.0 "
+        "--namespace kubeflow-system --create-namespace); the chart brings its own TrainingRuntime"
+    )
+    container = CONTAINER
+    roles = (ROLE,)
     master_address_variables = ("PET_MASTER_ADDR",)
     master_port_variables = ("PET_MASTER_PORT",)
-    job_name_label = JOBSET_NAME_LABEL
+    injected_variables = RESERVED_ENV
+    final_states = {"Failed": JobState.FAILED, "Complete": JobState.SUCCEEDED, "Suspended": JobState.SUSPENDED}
 
     def runtime(self, documents: list[dict[str, Any]], trainjob: dict[str, Any]) -> dict[str, Any]:
         """The TrainingRuntime the TrainJob references, from the same rendered documents."""
         ref = trainjob.get("spec", {}).get("runtimeRef") or {}
         kind = ref.get("kind", "ClusterTrainingRuntime")  # the API's default kind
         for doc in documents:
-            if kind == "TrainingRuntime" and doc and doc.get("kind") == kind \
+            if kind == RUNTIME_KIND and doc and doc.get("kind") == kind \
                     and doc.get("metadata", {}).get("name") == ref.get("name"):
                 return doc
         raise UserError(f"TrainJob {trainjob['metadata']['name']}: spec.runtimeRef names {kind} "
@@ -143,7 +169,10 @@ class TrainJobContract(OperatorContract):
         return OperatorJob(
             operator=self.name, name=job, namespace=metadata.get("namespace") or "default", replicas=replicas,
             master_host=master_address(job), master_port=MASTER_PORT,
-            backoff_limit=int_field(failure.get("maxRestarts"), "failurePolicy.maxRestarts", default=0),
+            restart=RestartRule(
+                scope=RestartRule.WHOLE_JOB,
+                limit=int_field(failure.get("maxRestarts"), "failurePolicy.maxRestarts", default=0),
+                source="JobSet failurePolicy: a failed node recreates every node, up to maxRestarts times"),
             document=trainjob,
         )
 
@@ -173,3 +202,24 @@ class TrainJobContract(OperatorContract):
     def succeeded(self, phases: Mapping[str, str]) -> bool:
         """The JobSet's default success policy: every node has succeeded."""
         return bool(phases) and all(phase == SUCCEEDED for phase in phases.values())
+
+    def pod_selector(self, job: str) -> str:
+        return f"{JOBSET_NAME_LABEL}={job},{REPLICATED_JOB_LABEL}={ROLE}"
+
+    def read_pod(self, pod: dict[str, Any]) -> ReplicaId:
+        """The completion index (a label since Kubernetes 1.28, an annotation always) is index and node rank."""
+        metadata = pod.get("metadata") or {}
+        index = int((metadata.get("labels") or {}).get(COMPLETION_INDEX)
+                    or (metadata.get("annotations") or {}).get(COMPLETION_INDEX, "0"))
+        return ReplicaId(role=ROLE, index=index, node_rank=index)
+
+    def nodes(self, job: dict[str, Any]) -> int | None:
+        return ((job.get("spec") or {}).get("trainer") or {}).get("numNodes")
+
+    def runtime_name(self, job: dict[str, Any]) -> str | None:
+        ref = (job.get("spec") or {}).get("runtimeRef") or {}
+        return ref.get("name") if ref.get("kind") == RUNTIME_KIND else None
+
+    def unfinished_state(self, job: dict[str, Any]) -> str:
+        children = (job.get("status") or {}).get("jobsStatus") or []
+        return JobState.RUNNING if any(c.get("active") or c.get("ready") for c in children) else JobState.PENDING
