@@ -17,7 +17,8 @@ from typing import Any
 from whisper_k8s.errors import UserError
 
 COMPILE_CHOICES = ("auto", "on", "off")
-ATTENTION_CHOICES = ("auto", "flash", "cudnn", "efficient", "math")
+ATTENTION_CHOICES = ("auto", "flash", "cudnn", "efficient", "math", "npu")
+PRECISION_CHOICES = ("auto", "bf16", "bf16-autocast", "fp32")
 
 # Every key of MindSpeed-MM's whisper model.json (tests/fixtures/reference/mindspeed-mm/model.json) ...
 MODEL_JSON_KEYS = frozenset({
@@ -109,7 +110,8 @@ class TrainingConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
-    bf16: bool = False
+    bf16: bool = False  # Megatron's flag: the same as precision bf16
+    precision: str = "auto"  # auto (bf16 on GPU/NPU, fp32 on CPU) | bf16 | bf16-autocast | fp32 (whisper_trainer.precision)
     seed: int = 1234
     num_workers: int = 4
     split: str = "train"
@@ -123,7 +125,8 @@ class ParallelConfig:
     device: str = "auto"  # auto | npu | cuda | cpu
     timeout_minutes: int = 30
     compile: str = "auto"  # auto (CUDA only) | on | off: per-layer torch.compile (whisper_trainer.kernels)
-    attention_backend: str = "auto"  # auto | flash | cudnn | efficient | math: the SDPA kernel
+    attention_backend: str = "auto"  # auto | flash | cudnn | efficient | math | npu: the attention kernel
+    activation_checkpointing: bool = False  # recompute each encoder/decoder layer in the backward pass
 
 
 @dataclass
@@ -368,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--adam-beta2", type=float, default=0.999)
     a("--adam-eps", type=float, default=1e-8)
     a("--clip-grad", type=float, default=1.0, help="0 disables clipping (the norm is still logged)")
-    a("--bf16", action="store_true", help="bf16 mixed precision (fp32 master weights)")
+    a("--bf16", action="store_true", help="Megatron's flag: --precision bf16 (also on CPU)")
+    a("--precision", default="auto", choices=list(PRECISION_CHOICES),
+      help="bf16: bf16 parameters and activations, fp32 master weights and gradient reduction; bf16-autocast: "
+           "autocast over fp32 parameters (the earlier arrangement); fp32; auto: bf16 on GPU/NPU, fp32 on CPU")
     a("--save-interval", type=int, default=10000)
     a("--exit-interval", type=int, default=None, help="save and exit after this iteration (Megatron)")
     a("--log-interval", type=int, default=1)
@@ -386,7 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--compile", default="auto", choices=list(COMPILE_CHOICES),
       help="torch.compile each encoder/decoder layer and the loss (auto: on CUDA only)")
     a("--attention-backend", default="auto", choices=list(ATTENTION_CHOICES),
-      help="restrict scaled_dot_product_attention to one kernel (auto: PyTorch's choice)")
+      help="attention kernel: one SDPA backend, or npu (torch_npu's fused attention); auto: npu on Ascend, "
+           "else PyTorch's SDPA choice")
+    a("--activation-checkpointing", action="store_true",
+      help="recompute each encoder/decoder layer's activations in the backward pass (less memory, more compute)")
     # Flags of the seed's pretrain_whisper.sh, checked against model.json or mapped onto ours.
     a("--seq-length", type=int, default=None, help="must equal model.json max_target_positions")
     a("--max-position-embeddings", type=int, default=None, help="must equal max_source_positions")
@@ -430,6 +439,8 @@ def _check_flags(ns: argparse.Namespace, model: ModelConfig) -> str:
         if value is not None and value != model.fields[key]:
             raise UserError(f"--{flag.replace('_', '-')} {value} contradicts model.json {key} "
                             f"{model.fields[key]}: drop the flag or make them equal")
+    if ns.bf16 and ns.precision == "fp32":
+        raise UserError("--bf16 contradicts --precision fp32: drop one")
     if ns.use_distributed_optimizer and ns.parallel == "ddp":
         raise UserError("--use-distributed-optimizer contradicts --parallel ddp: drop one (the distributed "
                         "optimizer is --parallel fsdp here)")
@@ -449,7 +460,7 @@ def parse_args(argv: list[str] | None = None, *, check_files: bool = True) -> Tr
         train_iters=ns.train_iters, lr=ns.lr, min_lr=ns.min_lr, lr_warmup_iters=ns.lr_warmup_iters,
         lr_decay_iters=ns.lr_decay_iters, lr_decay_style=ns.lr_decay_style, weight_decay=ns.weight_decay,
         adam_beta1=ns.adam_beta1, adam_beta2=ns.adam_beta2, adam_eps=ns.adam_eps, clip_grad=ns.clip_grad,
-        bf16=ns.bf16, seed=ns.seed, num_workers=ns.num_workers, split=ns.split, exit_interval=ns.exit_interval,
+        bf16=ns.bf16, precision=ns.precision, seed=ns.seed, num_workers=ns.num_workers, split=ns.split, exit_interval=ns.exit_interval,
         max_label_tokens=int(model.fields["max_target_positions"]),
     )
     save = str(Path(ns.save))
@@ -457,7 +468,8 @@ def parse_args(argv: list[str] | None = None, *, check_files: bool = True) -> Tr
     return TrainerConfig(
         model=model, data=data, training=training,
         parallel=ParallelConfig(strategy=strategy, device=ns.device, timeout_minutes=ns.distributed_timeout_minutes,
-                                compile=ns.compile, attention_backend=ns.attention_backend),
+                                compile=ns.compile, attention_backend=ns.attention_backend,
+                                activation_checkpointing=ns.activation_checkpointing),
         checkpoint=CheckpointConfig(save=save, load=ns.load or save, save_interval=ns.save_interval,
                                     keep=ns.keep_checkpoints, no_load_optim=ns.no_load_optim,
                                     no_load_rng=ns.no_load_rng),
