@@ -37,8 +37,7 @@ from whisper_k8s.formats.mindspeed import expected_mm_shapes
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = json.loads((ROOT / "helm/files/model-presets/demo.json").read_text())
 CPU = parallel.DistEnv(rank=0, world_size=1, local_rank=0, node_rank=0, device=torch.device("cpu"))
-ITERATIONS, WINDOW = 200, 20
-TOLERANCE = 2.0 ** -8  # bf16's machine epsilon (8 significant bits)
+ITERATIONS, WINDOW, TOLERANCE = 200, precision.SOUND_WINDOW, precision.SOUND_TOLERANCE  # 20 iterations, 2^-8
 
 
 class Replay:
@@ -108,8 +107,9 @@ def loss_curve(cfg, batches: list[dict]) -> list[float]:
     return [run.train_step(stream)["loss"] for _ in range(ITERATIONS)]
 
 
+@pytest.mark.slow  # 3 x 200 iterations: about 50 s on a 2-core machine
 def test_bf16_follows_the_fp32_loss_curve_over_200_iterations_of_speech(configs, speech_batches, tmp_path,
-                                                                        monkeypatch, one_thread):
+                                                                        one_thread):
     reference = loss_curve(config(configs, tmp_path / "fp32" / "ckpt", "--precision", "fp32"), speech_batches)
     bf16 = loss_curve(config(configs, tmp_path / "bf16" / "ckpt", "--precision", "bf16"), speech_batches)
     assert sum(reference[-WINDOW:]) < 0.9 * sum(reference[:WINDOW])  # it trained: the comparison means something
@@ -119,14 +119,10 @@ def test_bf16_follows_the_fp32_loss_curve_over_200_iterations_of_speech(configs,
     assert bf16 != reference  # the arithmetic did differ (bf16 ran), the curve did not
 
     # The control: the same bf16 run without fp32 master weights (rounded to bf16 after each step) fails.
-    publish = MainGradDataParallel.publish_master_weights
-
-    def publish_and_round_masters(self):
-        publish(self)
-        self._master_flat.copy_(self._param_flat)
-
-    monkeypatch.setattr(MainGradDataParallel, "publish_master_weights", publish_and_round_masters)
-    no_masters = loss_curve(config(configs, tmp_path / "rounded" / "ckpt", "--precision", "bf16"), speech_batches)
+    control = trainer(config(configs, tmp_path / "rounded" / "ckpt", "--precision", "bf16"), speech_batches)
+    precision.round_master_weights_after_each_step(control.model)
+    stream = iter(control.loader)
+    no_masters = [control.train_step(stream)["loss"] for _ in range(ITERATIONS)]
     assert max(precision.loss_curve_gap(no_masters, reference, WINDOW)) > TOLERANCE
 
 
@@ -144,6 +140,18 @@ def test_bf16_parameters_compute_while_fp32_masters_and_gradients_are_kept(confi
         if p.requires_grad:
             assert p.grad is None and masters[name].grad.data_ptr() == p.main_grad.data_ptr()
     assert run.model.grad_buffer.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arrangement", ["bf16", "bf16-autocast", "fp32"])
+def test_training_state_takes_the_modelled_bytes_per_parameter(configs, speech_batches, tmp_path, arrangement):
+    """The memory model the benchmark reports (precision.STATE_BYTES) against the tensors a trainer really holds."""
+    run = trainer(config(configs, tmp_path / "ckpt", "--precision", arrangement), speech_batches)
+    run.train_step(iter(run.loader))  # AdamW's moments exist from the first step
+    params = list(run.model.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    frozen = sum(p.numel() for p in params if not p.requires_grad)
+    assert precision.training_state_bytes(run.model, run.optimizer) == precision.state_bytes(arrangement, trainable,
+                                                                                             frozen)
 
 
 def test_resumed_bf16_run_is_bitwise_equal_to_an_uninterrupted_one(configs, speech_batches, tmp_path):

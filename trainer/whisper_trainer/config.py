@@ -111,7 +111,7 @@ class TrainingConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     bf16: bool = False  # Megatron's flag: the same as precision bf16
-    precision: str = "auto"  # auto (bf16 on GPU/NPU, fp32 on CPU) | bf16 | bf16-autocast | fp32 (whisper_trainer.precision)
+    precision: str = "auto"  # auto (bf16 on GPU/NPU, fp32 on CPU) | bf16 | bf16-autocast | fp32 (see precision.py)
     seed: int = 1234
     num_workers: int = 4
     split: str = "train"
@@ -460,7 +460,8 @@ def parse_args(argv: list[str] | None = None, *, check_files: bool = True) -> Tr
         train_iters=ns.train_iters, lr=ns.lr, min_lr=ns.min_lr, lr_warmup_iters=ns.lr_warmup_iters,
         lr_decay_iters=ns.lr_decay_iters, lr_decay_style=ns.lr_decay_style, weight_decay=ns.weight_decay,
         adam_beta1=ns.adam_beta1, adam_beta2=ns.adam_beta2, adam_eps=ns.adam_eps, clip_grad=ns.clip_grad,
-        bf16=ns.bf16, precision=ns.precision, seed=ns.seed, num_workers=ns.num_workers, split=ns.split, exit_interval=ns.exit_interval,
+        bf16=ns.bf16, precision=ns.precision, seed=ns.seed, num_workers=ns.num_workers, split=ns.split,
+        exit_interval=ns.exit_interval,
         max_label_tokens=int(model.fields["max_target_positions"]),
     )
     save = str(Path(ns.save))

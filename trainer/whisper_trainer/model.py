@@ -26,7 +26,11 @@ def hf_config(model_cfg: ModelConfig):
 
 
 def build_model(model_cfg: ModelConfig, *, seed: int, device: str | torch.device = "cpu"):
-    """A freshly initialised model, identical on every rank for the same seed (``device="meta"``: no memory)."""
+    """A freshly initialised model, identical on every rank for the same seed (``device="meta"``: no memory).
+
+    The trainer initialises it on its accelerator, where large-v3's 1.5 B random draws take a moment rather than
+    the CPU's long while; the same seed gives the same weights on every device of one kind.
+    """
     from transformers import WhisperForConditionalGeneration
 
     config = hf_config(model_cfg)

@@ -34,6 +34,13 @@ from whisper_trainer.config import PRECISION_CHOICES
 # first buckets' reduction overlaps the rest of the backward pass (Megatron's default is 40 M as well).
 BUCKET_NUMEL = 40_000_000
 
+# Soundness: the bf16 loss curve may differ from the fp32 one by at most bf16's machine epsilon (2^-8, 8
+# significant bits), relative, over windows of 20 iterations (tests/test_precision.py says why).
+SOUND_TOLERANCE = 2.0 ** -8
+SOUND_WINDOW = 20
+# Bytes of training state per parameter (trainable / frozen): parameter, gradient, fp32 master, AdamW's two moments.
+STATE_BYTES = {"bf16": (2 + 4 + 4 + 8, 2 + 4), "bf16-autocast": (4 + 4 + 8, 4), "fp32": (4 + 4 + 8, 4)}
+
 DESCRIPTIONS = {
     "bf16": "bf16 parameters and activations, fp32 master weights, gradients and reduction",
     "bf16-autocast": "bf16 autocast over fp32 parameters",
@@ -102,6 +109,9 @@ class MainGradDataParallel(torch.nn.Module):
             for key, buf in buffer_owner._buffers.items():
                 if buf is not None and buf.is_floating_point():
                     buffer_owner._buffers[key] = buf.to(torch.bfloat16)
+        if distributed:  # every rank starts from rank 0's weights, as DDP makes sure
+            dist.broadcast(self._master_flat, src=0)
+            self._param_flat.copy_(self._master_flat)
         self._trainable = [(name, p) for name, p in named if p.requires_grad]
         self.grad_buffer = torch.zeros(sum(p.numel() for _, p in self._trainable), dtype=torch.float32,
                                        device=device)
@@ -210,6 +220,42 @@ class MainGradDataParallel(torch.nn.Module):
         for name, master in self.masters.items():
             master.copy_(state[name])
         self.publish_master_weights()
+
+
+def round_master_weights_after_each_step(model: MainGradDataParallel) -> None:
+    """The failing control of the soundness checks: bf16 training whose masters lose their extra precision after
+    every step (what training bf16 weights without fp32 masters amounts to). Never used for training."""
+    publish = model.publish_master_weights
+
+    def publish_and_round() -> None:
+        publish()
+        model._master_flat.copy_(model._param_flat)
+
+    model.publish_master_weights = publish_and_round
+
+
+def state_bytes(precision: str, trainable: int, frozen: int) -> int:
+    """Bytes of persistent training state (not activations) the arrangement keeps for this many parameters."""
+    per_trainable, per_frozen = STATE_BYTES[precision]
+    return per_trainable * trainable + per_frozen * frozen
+
+
+def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes the model's parameters, gradients, fp32 masters and the optimizer's state occupy, each storage once
+    (masters and gradients of the bf16 arrangement are views into flat buffers)."""
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            tensors += [p, *([p.grad] if p.grad is not None else [])]
+            tensors += [v for v in optimizer.state.get(p, {}).values() if torch.is_tensor(v) and v.dim() > 0]
+    if isinstance(model, MainGradDataParallel):
+        tensors.append(model.grad_buffer)
+    storages = {}
+    for tensor in tensors:
+        local = getattr(tensor, "_local_tensor", tensor)  # FSDP2's DTensors: this rank's shard
+        storage = local.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def loss_curve_gap(candidate: list[float], reference: list[float], window: int) -> list[float]:

@@ -102,7 +102,7 @@ class Trainer:
         # The arrangement as resolved, also in the checkpoint's args (bf16 = Megatron's meaning: bf16 parameters).
         self.cfg = cfg = dataclasses.replace(cfg, training=dataclasses.replace(
             cfg.training, precision=arrangement, bf16=arrangement == "bf16"))
-        model = build_model(cfg.model, seed=cfg.training.seed)
+        model = build_model(cfg.model, seed=cfg.training.seed, device=env.device)
         if cfg.model.ckpt_path:
             load_mm_state(model, read_pretrained_mm_state(cfg.model.ckpt_path, cfg.model.fields), cfg.model.fields,
                           source=f"ckpt_path {cfg.model.ckpt_path}")
