@@ -20,6 +20,7 @@ Common Voice set and processor) and then replayed, so that every run sees the sa
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -188,3 +189,56 @@ def test_fsdp2_mixed_precision_and_main_grad_ddp_train_alike(configs, speech_bat
         assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-4)
     finally:
         dist.destroy_process_group()
+
+
+class Toy(torch.nn.Module):
+    """Layers of uneven sizes, and a parameter the forward pass never uses (its bucket must still be reduced)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(*(torch.nn.Linear(24 + 8 * i, 32 + 8 * i) for i in range(0, 12, 2)))
+        self.unused = torch.nn.Parameter(torch.ones(40))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer(torch.nn.functional.pad(x, (0, layer.in_features - x.shape[-1]))))
+        return x.float().square().mean()
+
+
+def _reduce_in_buckets(rank: int, rendezvous: str, results: str) -> None:
+    """One of two ranks: two micro batches (the first without communication), buckets of ~600 elements."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    torch.manual_seed(rank)  # different weights on each rank: the wrapper starts every rank from rank 0's
+    toy = Toy()
+    wrapped = MainGradDataParallel(toy, distributed=True, world_size=2, bucket_numel=600)
+    local = MainGradDataParallel(copy.deepcopy(toy), distributed=False)  # rank 0's weights, no communication
+    inputs = torch.randn(2, 2, 3, 24, generator=torch.Generator().manual_seed(rank))  # each rank its own data
+    for model in (wrapped, local):
+        model.zero_grad_buffer()
+        with model.no_sync():
+            model(inputs[0]).backward()
+        model(inputs[1]).backward()
+        model.finish_gradient_sync()
+    expected = local.grad_buffer.clone()
+    dist.all_reduce(expected)  # the mean over ranks, reduced once at the end
+    torch.save({"buckets": len(wrapped.buckets), "masters": wrapped.master_state_dict(), "reduced": wrapped.grad_buffer, "expected": expected / 2,
+                "master_grads": [m.grad.data_ptr() for _, m in wrapped.named_master_parameters()],
+                "main_grads": [p.main_grad.data_ptr() for p in wrapped.module.parameters()]},
+               f"{results}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_main_grad_buckets_all_reduce_to_the_mean_over_ranks(tmp_path):
+    """Two gloo processes, many small buckets completed in backward order, one bucket whose parameter got no
+    gradient: every rank ends with the mean of the ranks' fp32 gradients accumulated over both micro batches."""
+    torch.multiprocessing.start_processes(_reduce_in_buckets, args=(str(tmp_path / "rendezvous"),
+                                                                   str(tmp_path / "result")),
+                                          nprocs=2, start_method="fork")
+    first, second = (torch.load(tmp_path / f"result.{rank}") for rank in range(2))
+    assert first["buckets"] > 5
+    torch.testing.assert_close(first["reduced"], first["expected"], rtol=1e-6, atol=1e-9)
+    assert torch.equal(first["reduced"], second["reduced"])  # every rank holds the same gradients
+    for name, master in first["masters"].items():  # ... and started from the same (rank 0's) weights
+        assert torch.equal(master, second["masters"][name]), name
+    assert first["reduced"].abs().sum() > 0
+    assert first["master_grads"] == first["main_grads"]  # AdamW reads the reduced buffer itself, no copy

@@ -33,6 +33,7 @@ from whisper_trainer.config import PRECISION_CHOICES
 # Elements per all-reduce bucket (fp32: 160 MB). Large enough that NCCL runs at bandwidth, small enough that the
 # first buckets' reduction overlaps the rest of the backward pass (Megatron's default is 40 M as well).
 BUCKET_NUMEL = 40_000_000
+ALIGN = 64  # elements: every parameter's view into a flat buffer starts 128-byte aligned (bf16) for the kernels
 
 # Soundness: the bf16 loss curve may differ from the fp32 one by at most bf16's machine epsilon (2^-8, 8
 # significant bits), relative, over windows of 20 iterations (tests/test_precision.py says why).
@@ -64,6 +65,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def _aligned_offsets(sizes: list[int]) -> list[int]:
+    """Start of each of ``sizes`` in a flat buffer, each rounded up to ``ALIGN`` elements; the last entry is the
+    buffer's length (Whisper's sizes are all multiples of 64, so there is no padding in practice)."""
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + -(-size // ALIGN) * ALIGN)
+    return offsets
+
+
 @dataclass
 class _Bucket:
     start: int
@@ -92,19 +102,17 @@ class MainGradDataParallel(torch.nn.Module):
         self.world_size = world_size
         named = [(name, p) for name, p in module.named_parameters() if p.is_floating_point()]
         device = named[0][1].device
-        total = sum(p.numel() for _, p in named)
-        self._master_flat = torch.empty(total, dtype=torch.float32, device=device)
-        self._param_flat = torch.empty(total, dtype=torch.bfloat16, device=device)
+        offsets = _aligned_offsets([p.numel() for _, p in named])
+        self._master_flat = torch.zeros(offsets[-1], dtype=torch.float32, device=device)
+        self._param_flat = torch.zeros(offsets[-1], dtype=torch.bfloat16, device=device)
         self.masters: dict[str, torch.Tensor] = {}
-        offset = 0
         with torch.no_grad():
-            for name, p in named:
+            for (name, p), offset in zip(named, offsets, strict=False):
                 master = self._master_flat[offset:offset + p.numel()].view_as(p)
                 master.copy_(p)
                 p.data = self._param_flat[offset:offset + p.numel()].view_as(p)
                 p.data.copy_(master)
                 self.masters[name] = master
-                offset += p.numel()
         for buffer_owner in module.modules():  # floating buffers follow the parameters (Whisper has none)
             for key, buf in buffer_owner._buffers.items():
                 if buf is not None and buf.is_floating_point():
@@ -113,21 +121,21 @@ class MainGradDataParallel(torch.nn.Module):
             dist.broadcast(self._master_flat, src=0)
             self._param_flat.copy_(self._master_flat)
         self._trainable = [(name, p) for name, p in named if p.requires_grad]
-        self.grad_buffer = torch.zeros(sum(p.numel() for _, p in self._trainable), dtype=torch.float32,
-                                       device=device)
+        backward_order = [p for _, p in reversed(self._trainable)]
+        grad_offsets = _aligned_offsets([p.numel() for p in backward_order])
+        self.grad_buffer = torch.zeros(grad_offsets[-1], dtype=torch.float32, device=device)
         self.buckets: list[_Bucket] = []
         self._bucket_of: dict[torch.nn.Parameter, int] = {}
-        offset = start = members = 0
-        for _, p in reversed(self._trainable):
+        start = members = 0
+        for p, offset, end in zip(backward_order, grad_offsets, grad_offsets[1:], strict=False):
             p.main_grad = self.grad_buffer[offset:offset + p.numel()].view_as(p)
             self._bucket_of[p] = len(self.buckets)
-            offset += p.numel()
             members += 1
-            if offset - start >= bucket_numel:
-                self.buckets.append(_Bucket(start, offset, members))
-                start, members = offset, 0
+            if end - start >= bucket_numel:
+                self.buckets.append(_Bucket(start, end, members))
+                start, members = end, 0
         if members:
-            self.buckets.append(_Bucket(start, offset, members))
+            self.buckets.append(_Bucket(start, grad_offsets[-1], members))
         for _, p in self._trainable:
             p.register_post_accumulate_grad_hook(self._on_gradient)
         self._sync = True
