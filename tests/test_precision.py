@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ from whisper_trainer.config import parse_args
 from whisper_trainer.precision import MainGradDataParallel
 from whisper_trainer.train import Trainer, default_loader_factory
 
+from whisper_k8s.errors import UserError
 from whisper_k8s.formats import megatron
 from whisper_k8s.formats.mindspeed import expected_mm_shapes
 
@@ -235,7 +237,7 @@ def test_main_grad_buckets_all_reduce_to_the_mean_over_ranks(tmp_path):
     gradient: every rank ends with the mean of the ranks' fp32 gradients accumulated over both micro batches."""
     torch.multiprocessing.start_processes(_reduce_in_buckets, args=(str(tmp_path / "rendezvous"),
                                                                    str(tmp_path / "result")),
-                                          nprocs=2, start_method="fork")
+                                          nprocs=2, start_method="spawn")  # fork can hang on inherited threads
     first, second = (torch.load(tmp_path / f"result.{rank}") for rank in range(2))
     assert first["buckets"] > 5
     torch.testing.assert_close(first["reduced"], first["expected"], rtol=1e-6, atol=1e-9)
@@ -244,3 +246,14 @@ def test_main_grad_buckets_all_reduce_to_the_mean_over_ranks(tmp_path):
         assert torch.equal(master, second["masters"][name]), name
     assert first["reduced"].abs().sum() > 0
     assert first["master_grads"] == first["main_grads"]  # AdamW reads the reduced buffer itself, no copy
+
+
+def test_auto_is_bf16_on_an_accelerator_and_fp32_on_a_cpu_unless_bf16_is_asked_for(configs, tmp_path):
+    cpu, gpu, npu = torch.device("cpu"), torch.device("cuda", 0), types.SimpleNamespace(type="npu")
+    assert [precision.resolve("auto", False, device) for device in (cpu, gpu, npu)] == ["fp32", "bf16", "bf16"]
+    assert precision.resolve("auto", True, cpu) == "bf16"  # Megatron's --bf16
+    assert precision.resolve("bf16-autocast", True, gpu) == "bf16-autocast"  # an explicit choice stands
+    with pytest.raises(UserError, match="--bf16 contradicts --precision fp32"):
+        config(configs, tmp_path / "ckpt", "--bf16", "--precision", "fp32")
+    with pytest.raises(SystemExit):  # argparse names the choices
+        config(configs, tmp_path / "ckpt", "--precision", "fp16")
