@@ -179,3 +179,28 @@ def test_attention_backend_needs_cuda_except_auto(tmp_path):
     assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
     with pytest.raises(SystemExit):  # argparse refuses an unknown kernel before anything is built
         trainer(tmp_path, "bad", "--attention-backend", "triton")
+
+
+def saved_activation_bytes(run: Trainer) -> int:
+    """Bytes an encoder layer's forward pass keeps for the backward pass (what activation checkpointing cuts)."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    layer = parallel.transformer_layers(parallel.unwrap(run.model))[0]
+    hidden = torch.randn(2, FIELDS["max_source_positions"], FIELDS["d_model"], requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        layer(hidden, attention_mask=None)
+    return sum(saved)
+
+
+def test_activation_checkpointing_trains_alike_and_keeps_less_for_the_backward_pass(tmp_path):
+    plain = trainer(tmp_path, "plain", "--compile", "off")
+    recomputed = trainer(tmp_path, "recomputed", "--compile", "off", "--activation-checkpointing")
+    assert saved_activation_bytes(recomputed) < 0.1 * saved_activation_bytes(plain)
+    assert steps(recomputed, 3) == pytest.approx(steps(plain, 3), rel=1e-6)
+    compiled = trainer(tmp_path, "compiled", "--compile", "on", "--activation-checkpointing")  # inside the graph
+    assert steps(compiled, 3) == pytest.approx(steps(trainer(tmp_path, "again", "--compile", "off"), 3), rel=1e-5)
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())  # checkpoint keys unchanged

@@ -1,8 +1,10 @@
 """The trainer end to end: 2 processes over gloo with torchrun on CPU, the tiny preset.
 
 Scenarios (each torchrun launch runs once per module and its results are shared by the tests):
-- ``full``: an uninterrupted run of ITERS iterations over a small set: the loss must fall below a fifth of the
-  first iteration's (overfitting), checkpoints land in the Megatron layout with MindSpeed-MM keys.
+- ``full``: an uninterrupted run of ITERS iterations over a small set in the bf16 arrangement (bf16 parameters,
+  fp32 master weights, fp32 gradients accumulated over 2 micro steps and all-reduced in buckets by
+  ``precision.MainGradDataParallel``): the loss must fall below a fifth of the first iteration's (overfitting),
+  checkpoints land in the Megatron layout with MindSpeed-MM keys and the fp32 masters.
 - ``interrupted``: the same run told to stop by SIGTERM (what Kubernetes sends) after a few iterations: it
   saves and exits; started again with the same command (plus ``--exit-interval 12``) it resumes by itself, and
   its weights at iteration 12 are bitwise equal to the uninterrupted run's.
@@ -58,7 +60,7 @@ def trainer_command(model_json: Path, data_json: Path, save: Path, *extra: str) 
         "--lr-warmup-iters", "2", "--lr-decay-style", "cosine", "--train-iters", str(ITERS),
         "--save-interval", "12", "--log-interval", "1", "--num-workers", "1", "--seed", "7",
         "--keep-checkpoints", "3", "--device", "cpu", "--metrics-file", str(save.parent / "metrics.jsonl"),
-        *extra,
+        "--precision", "bf16", *extra,
     ]
 
 
@@ -124,9 +126,9 @@ def fsdp_run(tmp_path_factory, configs):
 
 @pytest.fixture(scope="module")
 def single_fsdp_bf16_run(tmp_path_factory, configs):
-    """One process (no torchrun), --parallel fsdp --bf16: stopped at 2 by --exit-interval, then resumed to 4."""
+    """One process (no torchrun), --parallel fsdp in bf16: stopped at 2 by --exit-interval, then resumed to 4."""
     save = tmp_path_factory.mktemp("single-fsdp") / "checkpoints"
-    command = trainer_command(*configs, save, "--parallel", "fsdp", "--bf16", "--exit-interval", "2")
+    command = trainer_command(*configs, save, "--parallel", "fsdp", "--exit-interval", "2")
     command = [PYTHON, "-m", "whisper_trainer"] + command[command.index("--module") + 2:]  # no torchrun
     logs = []
     for _ in range(2):
@@ -169,6 +171,7 @@ def test_checkpoints_are_megatron_layout_with_mindspeed_keys(full_run):
         ckpt["rng_state"][0])
     assert ckpt["opt_param_scheduler"]["num_steps"] == ITERS
     assert ckpt["optimizer"]["state"], "optimizer state saved"
+    assert {v.dtype for v in ckpt["model"].values()} == {torch.float32}  # fp32 masters, not the bf16 copies
     assert not list(save.glob(".iter_*")), "no staging folder left behind"
 
 
@@ -206,11 +209,11 @@ def test_fsdp_matches_ddp_and_saves_sharded_optimizer_beside_full_model(full_run
 def test_single_process_fsdp_trains_in_bf16_with_fp32_master_weights(full_run, single_fsdp_bf16_run):
     """FSDP2 needs a process group: one process gets a group of one, so bf16 applies (it used to train in fp32)."""
     save, (first, second) = single_fsdp_bf16_run
-    assert "fsdp on cpu x1" in first and "bf16 mixed precision" in first
+    assert "fsdp on cpu x1" in first and "bf16 parameters and activations, fp32 master weights" in first
     assert "(iteration 2)" in second and megatron.read_tracker(save) == 4  # resumed from the sharded state
-    fp32_first = [r["loss"] for r in metrics(full_run[0].parent / "metrics.jsonl") if "loss" in r][0]
-    bf16_first = [r["loss"] for r in metrics(save.parent / "metrics.jsonl") if "loss" in r][0]
-    assert 1e-5 < abs(bf16_first - fp32_first) / fp32_first < 5e-2  # same step in bf16: close, not equal
+    ddp_first = [r["loss"] for r in metrics(full_run[0].parent / "metrics.jsonl") if "loss" in r][0]
+    fsdp_first = [r["loss"] for r in metrics(save.parent / "metrics.jsonl") if "loss" in r][0]
+    assert fsdp_first == pytest.approx(ddp_first, rel=1e-5)  # the same 4 clips and weights, both in bf16
     ckpt = megatron.load_file(megatron.resolve_model_file(save))
     assert {v.dtype for v in ckpt["model"].values()} == {torch.float32}  # the master weights are saved
     assert ckpt["optimizer"]["format"] == "torch.distributed.checkpoint"

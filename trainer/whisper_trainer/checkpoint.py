@@ -150,8 +150,7 @@ class CheckpointManager:
             return full, {"format": "torch.distributed.checkpoint", "path": f"{EXTRAS_DIR}/{OPTIMIZER_DIR}"}
         if not self.env.is_main:
             return None, None
-        state = {k: v.detach().cpu() for k, v in parallel.unwrap(model).state_dict().items()}
-        return state, optimizer.state_dict()
+        return parallel.full_precision_state(model), optimizer.state_dict()
 
     def _verify_and_publish(self, staging: Path, final: Path, iteration: int) -> None:
         loaded = megatron.load_file(megatron.model_file(staging))
@@ -289,8 +288,7 @@ class CheckpointManager:
                 dcp.load(osd, checkpoint_id=str(iter_dir / EXTRAS_DIR / OPTIMIZER_DIR))
                 set_optimizer_state_dict(model, optimizer, osd)
             return
-        with torch.no_grad():
-            parallel.unwrap(model).load_state_dict(state, strict=True)
+        parallel.load_full_precision_state(model, state)
         if load_optim:
             optimizer.load_state_dict(main["optimizer"])
 

@@ -25,7 +25,8 @@ from whisper_trainer import flags
 from whisper_trainer.flags import Flag, option
 
 COMPILE_CHOICES = ("auto", "on", "off")
-ATTENTION_CHOICES = ("auto", "flash", "cudnn", "efficient", "math")
+ATTENTION_CHOICES = ("auto", "flash", "cudnn", "efficient", "math", "npu")
+PRECISION_CHOICES = ("auto", "bf16", "bf16-autocast", "fp32")
 
 # Every key of MindSpeed-MM's whisper model.json (tests/fixtures/reference/mindspeed-mm/model.json) ...
 MODEL_JSON_KEYS = frozenset({
@@ -121,7 +122,11 @@ class TrainingConfig:
     adam_beta2: float = option(0.999, "AdamW beta2")
     adam_eps: float = option(1e-8, "AdamW epsilon")
     clip_grad: float = option(1.0, "gradient-norm clipping; 0 disables it (the norm is still logged)", minimum=0)
-    bf16: bool = option(False, "bf16 mixed precision (fp32 master weights)")
+    bf16: bool = option(False, "Megatron's flag: the same as --precision bf16 (also on CPU)")
+    precision: str = option("auto", "bf16: bf16 parameters and activations, fp32 master weights and gradient "
+                                    "reduction; bf16-autocast: autocast over fp32 parameters (the earlier "
+                                    "arrangement); fp32; auto: bf16 on GPU/NPU, fp32 on CPU",
+                            choices=PRECISION_CHOICES)
     seed: int = option(1234, "random seed (model initialisation, data order)", minimum=0)
     num_workers: int = option(4, "data-loader worker processes per training process", minimum=0, maximum=64)
     split: str = option("train", "Common Voice split to train on")
@@ -142,8 +147,11 @@ class ParallelConfig:
                                   flag="--distributed-timeout-minutes", minimum=1)
     compile: str = option("auto", "torch.compile each encoder/decoder layer and the loss (auto: on CUDA only)",
                           choices=COMPILE_CHOICES)
-    attention_backend: str = option("auto", "restrict scaled_dot_product_attention to one kernel (auto: "
-                                            "PyTorch's choice)", choices=ATTENTION_CHOICES)
+    attention_backend: str = option("auto", "attention kernel: one SDPA backend, or npu (torch_npu's fused "
+                                            "attention); auto: npu on Ascend, else PyTorch's SDPA choice",
+                                    choices=ATTENTION_CHOICES)
+    activation_checkpointing: bool = option(False, "recompute each encoder/decoder layer's activations in the "
+                                                   "backward pass (less memory, more compute)")
 
 
 @dataclass
@@ -421,6 +429,8 @@ def _check_flags(cfg: TrainerConfig) -> str:
         if value is not None and value != model.fields[key]:
             raise UserError(f"--{name.replace('_', '-')} {value} contradicts model.json {key} "
                             f"{model.fields[key]}: drop the flag or make them equal")
+    if t.bf16 and t.precision == "fp32":
+        raise UserError("--bf16 contradicts --precision fp32: drop one")
     if m.use_distributed_optimizer and cfg.parallel.strategy == "ddp":
         raise UserError("--use-distributed-optimizer contradicts --parallel ddp: drop one (the distributed "
                         "optimizer is --parallel fsdp here)")

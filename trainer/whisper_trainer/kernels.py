@@ -1,4 +1,4 @@
-"""How the model's math runs on the device: per-layer ``torch.compile`` and the attention (SDPA) backend.
+"""How the model's math runs on the device: per-layer ``torch.compile``, activation checkpointing, the attention kernel.
 
 Compiling each encoder and decoder layer (not the whole Hugging Face model) fuses the layer's memory-bound
 work (layer norms, GELU, residual adds, bf16 casts) into a few kernels and cuts the Python launch overhead
@@ -16,6 +16,7 @@ and on CPU the compile time outweighs a short run's gain.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -124,18 +125,35 @@ def cross_entropy_for(compiled: bool, backend: str = "inductor"):
 
 
 def choose_attention(setting: str, device: torch.device) -> str:
-    """The SDPA backend to use: ``auto`` leaves PyTorch's own per-call choice.
+    """The attention kernel to use: ``auto`` is torch_npu's fused attention on an NPU (``npu``, the kernel
+    MindSpeed-MM trains Whisper with) and PyTorch's own per-call SDPA choice elsewhere.
 
     Measured on an H200 with large-v3 (bench/train_throughput.py): PyTorch already picks cuDNN's fused kernel
     there, the fastest of the three on the model's attention shapes, and restricting the model to cuDNN or to
-    flash changed the compiled step by under 1 %. The flag is for cards or versions where the choice is worse.
+    flash changed the compiled step by under 1 %. The SDPA names are for cards or versions where the choice is worse.
     """
     if setting not in ATTENTION_CHOICES:
         raise UserError(f"--attention-backend {setting}: choose {', '.join(ATTENTION_CHOICES)}")
-    if setting != "auto" and device.type != "cuda" and setting != "math":
+    if setting == "auto":
+        return "npu" if device.type == "npu" else "auto"
+    if setting == "npu" and device.type != "npu":
+        raise UserError(f"--attention-backend npu needs an Ascend NPU (this run uses {device.type}): use auto")
+    if setting not in ("npu", "math") and device.type != "cuda":
         raise UserError(f"--attention-backend {setting} needs a CUDA device (this run uses {device.type}): "
                         "use auto")
     return setting
+
+
+def use_attention(model: torch.nn.Module, backend: str) -> None:
+    """Route the model's attention to ``backend`` (``choose_attention``'s answer): the NPU's fused kernel through
+    whisper_trainer.npu, or SDPA restricted to one kernel (``auto``: PyTorch's choice)."""
+    if backend == "npu":
+        from whisper_trainer import npu
+
+        npu.use_fused_attention(model)
+        log.info("attention: torch_npu.npu_fusion_attention")
+        return
+    restrict_attention(backend)
 
 
 def restrict_attention(backend: str) -> None:
@@ -149,6 +167,22 @@ def restrict_attention(backend: str) -> None:
     for name, enable in switches.items():
         enable(name == backend)
     log.info("attention: scaled_dot_product_attention restricted to the %s backend", backend)
+
+
+def checkpoint_layers(layers: list[torch.nn.Module]) -> None:
+    """Activation checkpointing per layer: each layer keeps only its input for the backward pass and runs its
+    forward again there (about a third more compute for the layers, much less activation memory).
+
+    Like ``compile_layers`` the ``forward`` is replaced in place (state dict keys unchanged), and before compiling,
+    so that the compiled graph holds the checkpoint and Inductor's partitioner decides what to recompute (the
+    order torchtitan uses). Module hooks (FSDP2's all-gather) stay outside, around the checkpointed call.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in layers:
+        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+    log.info("activation checkpointing: %d transformer layers recompute their forward in the backward pass",
+             len(layers))
 
 
 def tune_convolutions(device: torch.device) -> None:

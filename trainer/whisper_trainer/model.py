@@ -1,14 +1,13 @@
 """The Whisper model the trainer trains, and its state in MindSpeed-MM's key names.
 
-Hugging Face ``WhisperForConditionalGeneration`` with SDPA attention, built from a model.json with the LM
+Hugging Face ``WhisperForConditionalGeneration`` with SDPA attention (on an NPU the trainer switches it to
+torch_npu's fused kernel: ``kernels.use_attention``), built from a model.json with the LM
 head untied (``tie_word_embeddings=False``): MindSpeed-MM's model has its own ``proj_out.weight`` and trains
 it, so our checkpoints have exactly its keys and shapes (``expected_mm_shapes``). Key names are translated
 only through ``whisper_k8s.convert.mapping`` (one mapping for the trainer and the converter).
 """
 
 from __future__ import annotations
-
-import logging
 
 import torch
 
@@ -17,7 +16,6 @@ from whisper_k8s.formats.mindspeed import check_mm_state
 from whisper_trainer.config import ModelConfig
 from whisper_trainer.kernels import fp32_cross_entropy
 
-log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
@@ -28,25 +26,18 @@ def hf_config(model_cfg: ModelConfig):
 
 
 def build_model(model_cfg: ModelConfig, *, seed: int, device: str | torch.device = "cpu"):
-    """A freshly initialised model, identical on every rank for the same seed (``device="meta"``: no memory)."""
+    """A freshly initialised model, identical on every rank for the same seed (``device="meta"``: no memory).
+
+    The trainer initialises it on its accelerator, where large-v3's 1.5 B random draws take a moment rather than
+    the CPU's long while; the same seed gives the same weights on every device of one kind.
+    """
     from transformers import WhisperForConditionalGeneration
 
     config = hf_config(model_cfg)
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     with torch.device(device):
-        model = WhisperForConditionalGeneration(config)
-    _use_npu_fused_attention_if_present(model)
-    return model
-
-
-def _use_npu_fused_attention_if_present(model) -> None:
-    """On Ascend, torch_npu routes SDPA to its fused attention kernel (``npu_fusion_attention``) by itself.
-
-    Nothing to patch: we only log which path is taken, so a slow run on NPU can be told apart.
-    """
-    if any(p.device.type == "npu" for p in model.parameters()):
-        log.info("attention: SDPA on NPU (torch_npu fused attention kernel)")
+        return WhisperForConditionalGeneration(config)
 
 
 def mm_state_dict(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:

@@ -15,17 +15,34 @@ from whisper_trainer.config import TrainingConfig
 
 
 def build_optimizer(model: torch.nn.Module, t: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW over every parameter; no decay on biases and norms (as Megatron does)."""
+    """AdamW over every trainable parameter; no decay on biases and norms (as Megatron does).
+
+    Under the bf16 arrangement (``precision.MainGradDataParallel``) it steps the fp32 master weights, in the same
+    parameter order (so optimizer states of the other arrangements load), and each step ends by rounding them
+    into the model's bf16 parameters.
+    """
+    masters = hasattr(model, "named_master_parameters")
+    named = model.named_master_parameters() if masters else (
+        (name, p) for name, p in model.named_parameters() if p.requires_grad)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    for name, p in named:
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     params = decay + no_decay
-    # One fused kernel per step on CUDA for plain tensors (DDP); foreach elsewhere (CPU, NPU, FSDP2 DTensors).
-    fused = bool(params) and all(p.is_cuda and type(p.data) is torch.Tensor for p in params)
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
-                             **({"fused": True} if fused else {"foreach": True}))
+    hyper = {"lr": t.lr, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_eps}
+    # One fused kernel per step for plain tensors on CUDA and (where torch_npu has it) NPU; foreach elsewhere
+    # (CPU, FSDP2's DTensors).
+    plain = bool(params) and all(type(p.data) is torch.Tensor for p in params)
+    if plain and params[0].device.type == "npu":
+        from whisper_trainer import npu
+
+        optimizer = npu.fused_adamw(groups, grads_owned_elsewhere=masters, **hyper)
+    else:
+        fused = plain and all(p.is_cuda for p in params)
+        optimizer = torch.optim.AdamW(groups, **hyper, **({"fused": True} if fused else {"foreach": True}))
+    if masters:
+        optimizer.register_step_post_hook(lambda *_: model.publish_master_weights())
+    return optimizer
 
 
 class LRSchedule:

@@ -1,4 +1,4 @@
-"""Devices, the process group, and the data-parallel wrappers (DDP, FSDP2) with bf16 mixed precision.
+"""Devices, the process group, and the data-parallel wrappers (DDP, FSDP2, bf16 main-grad DDP) for each precision.
 
 One code path for Ascend NPU (torch_npu + HCCL), NVIDIA GPU (NCCL) and CPU (gloo). ``torch_npu`` is imported
 only when present, so the same image and tests run where it is not. Works under ``torchrun`` (RANK,
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib.util
 import logging
 import os
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ import torch
 import torch.distributed as dist
 
 from whisper_k8s.errors import UserError
+from whisper_trainer import npu
+from whisper_trainer.precision import MainGradDataParallel
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,9 @@ class DistEnv:
         return dist.is_available() and dist.is_initialized()
 
 
-def _npu_available() -> bool:
-    if importlib.util.find_spec("torch_npu") is None:
-        return False
-    import torch_npu  # noqa: F401  (registers the "npu" device with torch)
-
-    return hasattr(torch, "npu") and torch.npu.is_available()
-
-
 def pick_device_type(requested: str) -> str:
     """``auto`` prefers NPU, then CUDA, then CPU. An explicit choice that is not there is an error."""
-    available = {"npu": _npu_available, "cuda": torch.cuda.is_available, "cpu": lambda: True}
+    available = {"npu": npu.available, "cuda": torch.cuda.is_available, "cpu": lambda: True}
     if requested == "auto":
         return next(kind for kind in ("npu", "cuda", "cpu") if available[kind]())
     if requested not in available:
@@ -163,29 +156,34 @@ def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(inner.encoder.layers) + list(inner.decoder.layers)
 
 
-def wrap_model(model: torch.nn.Module, env: DistEnv, strategy: str, bf16: bool) -> torch.nn.Module:
-    """DDP, or FSDP2 (``fully_shard`` per encoder/decoder layer, then the root) for sharded state.
+def wrap_model(model: torch.nn.Module, env: DistEnv, strategy: str, precision: str) -> torch.nn.Module:
+    """The model as it trains: FSDP2 (``fully_shard`` per encoder/decoder layer, then the root) for sharded state,
+    else the bf16 main-grad wrapper (``--precision bf16``; also with one process) or DDP.
 
-    With one process neither applies: the model is returned as is (same numerics, no communication).
+    Without a process group FSDP and DDP do not apply: the fp32 arrangements train the model as it is (same
+    numerics, no communication).
     """
+    if strategy not in ("ddp", "fsdp"):
+        raise UserError(f"--parallel {strategy}: choose ddp or fsdp")
     model.to(env.device)
-    if not env.initialized:
-        return model
-    if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [env.device.index] if env.device.type != "cpu" else None
-        return DistributedDataParallel(model, device_ids=ids)
-    if strategy == "fsdp":
+    if strategy == "fsdp" and env.initialized:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" \
+            else None
         kwargs = {"mp_policy": mp} if mp else {}
         for layer in transformer_layers(model):
             fully_shard(layer, **kwargs)
         fully_shard(model, **kwargs)
         return model
-    raise UserError(f"--parallel {strategy}: choose ddp or fsdp")
+    if precision == "bf16":
+        return MainGradDataParallel(model, distributed=env.initialized, world_size=env.world_size)
+    if not env.initialized:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [env.device.index] if env.device.type != "cpu" else None
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -211,24 +209,50 @@ def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
-def autocast(device: torch.device, bf16: bool, strategy: str):
-    """bf16 autocast for DDP/single process; FSDP2 casts parameters itself through its policy."""
-    if not bf16 or strategy == "fsdp":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+def zero_grad(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Start an iteration with no gradients: the main-grad buffer zeroed (bf16), else the gradients freed."""
+    if hasattr(model, "zero_grad_buffer"):
+        model.zero_grad_buffer()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+
+
+def finish_gradient_sync(model: torch.nn.Module) -> None:
+    """Wait for the gradient reduction still in flight after the last backward pass (bf16 main-grad buckets;
+    DDP and FSDP2 finish theirs inside the backward pass)."""
+    if hasattr(model, "finish_gradient_sync"):
+        model.finish_gradient_sync()
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-    """Clip (unless ``max_norm`` is 0) and return the total gradient norm, also for FSDP2's DTensors.
+    """Clip (unless ``max_norm`` is 0) and return the total gradient norm: over the fp32 main gradients (bf16),
+    or the parameters' gradients, also FSDP2's DTensors.
 
     The norm stays a device tensor: reading it here would make the host wait for the backward pass before it
     can queue the optimizer step; the trainer reads it once the iteration is done.
     """
+    if hasattr(model, "clip_main_grads"):
+        return model.clip_main_grads(max_norm)
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return norm
+
+
+def full_precision_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict on the CPU with the fp32 master weights where the model computes in bf16."""
+    state = model.master_state_dict() if hasattr(model, "master_state_dict") else unwrap(model).state_dict()
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def load_full_precision_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full-precision state dict (keys checked strictly); the bf16 arrangement keeps it as its masters."""
+    if hasattr(model, "load_master_state_dict"):
+        model.load_master_state_dict(state)
+        return
+    with torch.no_grad():
+        unwrap(model).load_state_dict(state, strict=True)
 
 
 def synchronize(device: torch.device) -> None:

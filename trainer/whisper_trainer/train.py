@@ -8,6 +8,7 @@ at every save interval, when stopping, and at the end, so a pod that is told to 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -16,7 +17,7 @@ from statistics import fmean
 
 import torch
 
-from whisper_trainer import kernels, parallel
+from whisper_trainer import kernels, parallel, precision
 from whisper_trainer.checkpoint import CheckpointManager
 from whisper_trainer.config import TrainerConfig
 from whisper_trainer.log import LIFECYCLE
@@ -97,7 +98,11 @@ class Trainer:
     def setup(self) -> None:
         self.stop.install()  # a SIGTERM during set-up stops the run after its first iteration, with a save
         cfg, env = self.cfg, self.env
-        model = build_model(cfg.model, seed=cfg.training.seed)
+        arrangement = precision.resolve(cfg.training.precision, cfg.training.bf16, env.device)
+        # The arrangement as resolved, also in the checkpoint's args (bf16 = Megatron's meaning: bf16 parameters).
+        self.cfg = cfg = dataclasses.replace(cfg, training=dataclasses.replace(
+            cfg.training, precision=arrangement, bf16=arrangement == "bf16"))
+        model = build_model(cfg.model, seed=cfg.training.seed, device=env.device)
         if cfg.model.ckpt_path:
             load_mm_state(model, read_pretrained_mm_state(cfg.model.ckpt_path, cfg.model.fields), cfg.model.fields,
                           source=f"ckpt_path {cfg.model.ckpt_path}")
@@ -109,11 +114,13 @@ class Trainer:
             log.info("model: %.1fM parameters, %s on %s x%d (node %d), global batch %d = micro %d x world %d "
                      "x accumulation %d, %s", count_parameters(model) / 1e6, mode, env.device.type,
                      env.world_size, env.node_rank, self.global_batch, cfg.training.micro_batch_size,
-                     env.world_size, self.accumulation, "bf16 mixed precision" if cfg.training.bf16 else "fp32")
+                     env.world_size, self.accumulation, precision.DESCRIPTIONS[arrangement])
         self.attention_backend = kernels.choose_attention(cfg.parallel.attention_backend, env.device)
-        kernels.restrict_attention(self.attention_backend)
+        kernels.use_attention(model, self.attention_backend)
         kernels.tune_convolutions(env.device)
-        self.model = parallel.wrap_model(model, env, cfg.parallel.strategy, cfg.training.bf16)
+        self.model = parallel.wrap_model(model, env, cfg.parallel.strategy, arrangement)
+        if cfg.parallel.activation_checkpointing:
+            kernels.checkpoint_layers(parallel.transformer_layers(parallel.unwrap(self.model)))
         compiled = kernels.compile_wanted(cfg.parallel.compile, env.device)
         if compiled:
             if self.compile_backend == "inductor":
@@ -163,7 +170,7 @@ class Trainer:
         watch = Stopwatch()
         lr = self.scheduler.lr
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        parallel.zero_grad(self.model, self.optimizer)
         loss_sum, samples = torch.zeros((), device=env.device), 0  # read after the step: no host sync inside
         for micro in range(self.accumulation):
             waited = time.perf_counter()
@@ -172,11 +179,12 @@ class Trainer:
             features = features_on_device(batch, self.cfg.model.n_frames, env.device)
             labels = batch["labels"].to(env.device, non_blocking=True)
             with parallel.gradient_sync(self.model, enabled=micro == self.accumulation - 1):
-                with parallel.autocast(env.device, t.bf16, self.cfg.parallel.strategy):
+                with precision.autocast(env.device, t.precision):
                     loss = loss_on_batch(self.model, features, labels, self.hf_config, self.cross_entropy)
                 (loss / self.accumulation).backward()
             loss_sum += loss.detach().float()
             samples += int(batch["num_samples"])
+        parallel.finish_gradient_sync(self.model)
         grad_norm = parallel.clip_grad_norm(self.model, t.clip_grad)
         self.optimizer.step()
         self.scheduler.step()
