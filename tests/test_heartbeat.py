@@ -58,12 +58,14 @@ def test_liveness_keeps_coming_while_the_training_thread_blocks(tmp_path):
         gate.wait()  # a data loader that does not deliver
         yield {"num_samples": 1}
 
-    waiter = threading.Thread(target=lambda: beat.next_batch(batches()))
+    waiter = threading.Thread(target=lambda: beat.next_batch(batches()), daemon=True)
     waiter.start()
-    wait_for(lambda: read(path)["phase"] == "data-wait")
-    first = read(path)["time"]
-    wait_for(lambda: read(path)["time"] > first + 0.1)  # still writing while the loop is blocked
-    gate.set()
+    try:
+        wait_for(lambda: path.exists() and read(path)["phase"] == "data-wait")
+        first = read(path)["time"]
+        wait_for(lambda: read(path)["time"] > first + 0.1)  # still writing while the loop is blocked
+    finally:
+        gate.set()
     waiter.join()
     wait_for(lambda: read(path)["phase"] == "training")
     beat.close(layout.FINISHED)
