@@ -74,6 +74,7 @@ bench: setup  ## run the benchmarks (bench/results/*.json)
 	$(PY) bench/data_pipeline.py
 	$(PY) bench/convert.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/progress.py
 
 IMAGE_REF   = $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT)
 # Extra build arguments, e.g. BUILD_ARGS="--build-arg CANN_BASE=registry.example/cann:8.2.rc1-910b-ubuntu22.04-py3.10"

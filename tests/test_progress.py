@@ -365,3 +365,15 @@ def test_watch_redraws_until_the_job_ends_and_exits_with_its_outcome(final, code
     piped = io.StringIO()
     assert watch(lambda: (job_status(next(piped_states)), None), out=piped, sleep=lambda s: None) == code
     assert piped.getvalue().count("--- ") == 2 and CLEAR not in piped.getvalue()
+
+
+def test_bench_writes_ours_baseline_ratio_and_reads_only_the_tail(tmp_path):
+    out = tmp_path / "progress.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "progress.py"), "--iterations", "3000", "--ranks", "4",
+                           "--repeats", "2", "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ratio"] == round(result["baseline"] / result["ours"], 1)
+    assert result["metrics_bytes_read"] == probe.TAIL_BYTES < result["metrics_bytes"]
+    assert result["heartbeat"]["hooks_per_iteration_ns"] >= 0 and result["heartbeat"]["heartbeat_write_us"] > 0
+    assert "progress: 3,000 iterations" in proc.stdout and "ratio" in proc.stdout
