@@ -61,7 +61,7 @@ def write_outputs(folder: Path, iterations: int, world: int) -> dict:
     """The outputs folder of a job at ``iterations``; returns the sizes written."""
     rng = random.Random(0)
     skipped = dict.fromkeys(SKIP_REASONS, 0)
-    restarts = {iterations // 3: 1000, 2 * iterations // 3: 1000}  # crash at i, resumed i - i % 1000
+    crashes = {iterations // 3 + 700, 2 * iterations // 3 + 700}  # each resumes from the checkpoint before it
     t, attempt, attempts = 1_700_000_000.0, 1, [{"attempt": 1, "started": 1_700_000_000.0, "resumed_from": None}]
     metrics = folder / layout.METRICS_FILE
     with open(metrics, "w") as f:
@@ -74,8 +74,9 @@ def write_outputs(folder: Path, iterations: int, world: int) -> dict:
             if i % 1000 == 0:
                 f.write(json.dumps({"checkpoint": {"iteration": i, "time": t + 40, "seconds": 40.0}}) + "\n")
                 t += 40
-            if i in restarts:
-                attempt, resumed = attempt + 1, i - i % restarts.pop(i)
+            if i in crashes:
+                crashes.remove(i)
+                attempt, resumed = attempt + 1, i - i % 1000
                 t += 300
                 attempts.append({"attempt": attempt, "started": t, "resumed_from": resumed})
                 f.write(json.dumps({"start": {"attempt": attempt, "time": t, "resumed_from": resumed,
