@@ -216,7 +216,7 @@ def test_training_stall_is_reported_after_the_allowance_naming_the_silent_rank()
     assert "rank 0 still report" in stalled.stall.reason
     text = format_progress(stalled)
     assert "STALLED     no progress since 2023-11-14T22:14:30Z (1m 01s; allowance 1m 00s for training)" in text
-    assert "rank 1: node-1 pid 101, training at iteration 10, last seen 1m 01s ago" in text
+    assert "rank 1: node-1 (node 0) pid 101, training at iteration 10, last seen 1m 01s ago" in text
 
 
 def test_stall_bound_follows_the_mean_iteration_time():

@@ -114,8 +114,9 @@ def format_progress(progress: Progress) -> str:
         for number in s.suspects[:SUSPECT_LINES]:
             r = by_rank.get(number)
             if r is not None:
-                lines.append(f"            rank {r.rank}: {r.host or '-'} pid {r.pid or '-'}, {r.phase} at iteration "
-                             f"{r.iteration}, last seen {format_duration(p.now - r.last_seen)} ago")
+                node = "" if r.node_rank is None else f" (node {r.node_rank})"
+                lines.append(f"            rank {r.rank}: {r.host or '-'}{node} pid {r.pid or '-'}, {r.phase} at "
+                             f"iteration {r.iteration}, last seen {format_duration(p.now - r.last_seen)} ago")
         if len(s.suspects) > SUSPECT_LINES:
             lines.append(f"            ... and {len(s.suspects) - SUSPECT_LINES} more ranks (-o yaml lists them)")
     lines.extend(f"! {problem}" for problem in p.problems)
@@ -149,7 +150,8 @@ def progress_document(progress: Progress) -> dict[str, Any]:
         "stalled": s.stalled,
         "stall": {"since": iso(s.since), "quiet_seconds": s.quiet_seconds, "allowance_seconds": s.allowance_seconds,
                   "allowance": s.allowance or None, "suspects": list(s.suspects), "reason": s.reason or None},
-        "ranks": [{"rank": r.rank, "host": r.host, "pid": r.pid, "attempt": r.attempt, "phase": r.phase,
+        "ranks": [{"rank": r.rank, "node_rank": r.node_rank, "host": r.host, "pid": r.pid, "attempt": r.attempt,
+                   "phase": r.phase,
                    "iteration": r.iteration, "last_seen_seconds": max(0.0, p.now - r.last_seen),
                    "silent": r.silent, "detail": r.detail or None} for r in p.ranks],
         "problems": list(p.problems),

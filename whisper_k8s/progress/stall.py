@@ -56,8 +56,9 @@ class RankReport:
     rank: int
     phase: str
     last_seen: float  # when the heartbeat was written (the writer's clock)
-    host: str = ""
+    host: str = ""  # the pod's name on Kubernetes (its hostname)
     pid: int | None = None
+    node_rank: int | None = None
     attempt: int = 1
     phase_since: float | None = None
     iteration: int | None = None
@@ -69,7 +70,8 @@ class RankReport:
     @classmethod
     def from_heartbeat(cls, beat: dict[str, Any]) -> RankReport:
         return cls(rank=int(beat["rank"]), phase=str(beat.get("phase", "")), last_seen=float(beat["time"]),
-                   host=str(beat.get("host", "")), pid=beat.get("pid"), attempt=int(beat.get("attempt", 1)),
+                   host=str(beat.get("host", "")), pid=beat.get("pid"), node_rank=beat.get("node_rank"),
+                   attempt=int(beat.get("attempt", 1)),
                    phase_since=beat.get("phase_since"), iteration=beat.get("iteration"),
                    iteration_time=beat.get("iteration_time"),
                    interval=float(beat.get("interval") or layout.DEFAULT_HEARTBEAT_SECONDS),
