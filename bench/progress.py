@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "unit": "seconds to read a job's progress (median, page cache warm)",
         "ours": round(ours_s, 5),
         "baseline": round(baseline_s, 5),
-        "ratio": round(baseline_s / ours_s, 1),
+        "ratio": round(round(baseline_s, 5) / round(ours_s, 5), 1),  # of the figures as written
         "ours_what": "probe snapshot (tail of metrics.jsonl + run.json + heartbeats) and the figures from it",
         "baseline_what": "read and parse all of metrics.jsonl (whisper_k8s.report.read_metrics), no figures",
         "snapshot_seconds": round(snapshot_s, 5),

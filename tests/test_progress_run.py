@@ -107,7 +107,7 @@ def test_progress_of_a_real_run_with_a_held_checkpoint_and_a_frozen_rank(running
                                                                       POLICY.factor * stalled.iteration_seconds)
         assert detected_at - last_iteration <= bound + POLL_SECONDS + 2.0, (detected_at - last_iteration, bound)
         named = poller.until(lambda p: p.stall.suspects == [1], POLICY.silent_after(0.5), "rank 1 named")
-        assert f"pid {rank1.pid}" in named.stall.reason and "rank 0 still report" in named.stall.reason
+        assert f"pid {rank1.pid}" in named.stall.reason and "rank 0 still reports and waits" in named.stall.reason
         text = format_progress(named)
         assert "STALLED" in text and f"rank 1: {rank1.host} (node 0) pid {rank1.pid}" in text
         assert detected_at - frozen_at < bound + 5

@@ -94,7 +94,8 @@ class Trainer:
         self.compile_backend = "inductor"  # tests use "aot_eager": the same capture without code generation
         self.metrics = MetricsWriter(cfg.metrics.metrics_file, cfg.metrics.tensorboard_dir, enabled=env.is_main)
         self.progress = TrainerProgress(cfg.metrics.metrics_file, env, self.metrics, {  # heartbeats from here on
-            "train_iters": cfg.training.train_iters, "world_size": env.world_size, "global_batch": self.global_batch})
+            "train_iters": cfg.training.train_iters, "world_size": env.world_size, "global_batch": self.global_batch,
+            "save_interval": cfg.checkpoint.save_interval})
 
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:

@@ -156,12 +156,13 @@ def blame(evidence: Evidence) -> tuple[list[int], str]:
     failed = [r for r in ranks if r.phase == layout.FAILED]
     silent = [r for r in ranks if r.silent]
     others = [r.rank for r in ranks if r not in failed and r not in silent and not r.ended]
-    waiting = f"; {_ranks_text(others)} still report and wait for it" if others else ""
+    verbs = "reports and waits" if len(others) == 1 else "report and wait"
+    waiting = f"; {_ranks_text(others)} still {verbs} for it" if others else ""
     if failed:
         first = failed[0]
         return [r.rank for r in failed], f"{first.where()} failed: {first.detail or 'see its log'}{waiting}"
     if silent or missing:
-        parts = [f"{r.where()} last reported {now - r.last_seen:.0f} s ago at iteration {r.iteration} ({r.phase})"
+        parts = [f"{r.where()} last reported {now - r.last_seen:.0f} s ago (then {r.phase}, iteration {r.iteration})"
                  for r in silent]
         parts += [f"rank {n} never reported" for n in missing]
         return sorted([r.rank for r in silent] + missing), "; ".join(parts) + waiting

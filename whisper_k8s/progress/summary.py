@@ -1,17 +1,19 @@
 """A probe snapshot turned into the figures of the progress block: :class:`Progress`.
 
-Figures over a window of the latest iterations (``window``, 50 by default): the loss and its trend (a least
-squares line through the window; *flat* unless the slope is at least twice its standard error), samples per
+Figures over a window of the latest iterations (``window``, 50 by default): the loss and its trend (*falling*
+or *rising* when the slope of a least squares line through the window is at least twice its standard error,
+else *flat*; the change is the mean of the window's last quarter against its first quarter), samples per
 second (global and per device), time per iteration and data-wait share (means of what the trainer
-measured), and the ETA: iterations left x the wall-clock time per iteration of the current attempt (so it
-includes logging and checkpoint writes), or the measured iteration time before two iterations completed.
+measured), and the ETA: iterations left x the median wall-clock time per iteration of the current attempt
+(logging included; a checkpoint write between two records is an outlier the median ignores), plus the
+checkpoint writes left x the duration of the last one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from statistics import fmean
+from statistics import fmean, median
 from typing import Any
 
 from whisper_k8s.progress import layout, probe
@@ -40,7 +42,7 @@ class Attempt:
 @dataclass
 class LossTrend:
     direction: str  # "falling", "flat" or "rising"
-    change: float  # the fitted line's change over the window, relative to the window's mean loss
+    change: float  # mean of the window's last quarter against its first quarter (-0.1: 10 % lower)
     iterations: int  # the window's span in iterations
 
 
@@ -95,9 +97,10 @@ def loss_trend(points: list[tuple[int, float]]) -> LossTrend | None:
     stderr = math.sqrt(residual / (len(xs) - 2) / sxx)
     significant = slope != 0 and (stderr == 0 or abs(slope) >= 2 * stderr)
     direction = "flat" if not significant else ("falling" if slope < 0 else "rising")
-    span = xs[-1] - xs[0]
-    change = slope * span / abs(mean_y) if mean_y else 0.0
-    return LossTrend(direction=direction, change=change, iterations=int(span))
+    quarter = max(1, len(ys) // 4)
+    first, last = fmean(ys[:quarter]), fmean(ys[-quarter:])
+    change = (last - first) / abs(first) if first else 0.0
+    return LossTrend(direction=direction, change=change, iterations=int(xs[-1] - xs[0]))
 
 
 def _mean(records: list[dict[str, Any]], key: str) -> float | None:
@@ -106,11 +109,19 @@ def _mean(records: list[dict[str, Any]], key: str) -> float | None:
 
 
 def _seconds_per_iteration(current: list[dict[str, Any]]) -> float | None:
-    """Wall-clock seconds per iteration between the first and last record of the current attempt."""
+    """Median wall-clock seconds per iteration between consecutive records of the current attempt."""
     timed = [r for r in current if isinstance(r.get("time"), (int, float))]
-    if len(timed) < 2 or timed[-1]["iteration"] <= timed[0]["iteration"]:
-        return None
-    return (timed[-1]["time"] - timed[0]["time"]) / (timed[-1]["iteration"] - timed[0]["iteration"])
+    paces = [(b["time"] - a["time"]) / (b["iteration"] - a["iteration"])
+             for a, b in zip(timed, timed[1:], strict=False) if b["iteration"] > a["iteration"]]
+    return median(paces) if paces else None
+
+
+def _checkpoint_writes_left(iteration: int, train_iters: int, save_interval: int | None) -> int:
+    """Saves between ``iteration`` and the end: every ``save_interval`` and one at the end."""
+    if not save_interval:
+        return 0
+    periodic = train_iters // save_interval - iteration // save_interval
+    return periodic + (1 if train_iters % save_interval else 0)
 
 
 def _events(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -194,7 +205,9 @@ def build_progress(snapshot: dict[str, Any], policy: StallPolicy = DEFAULT_POLIC
     pace = _seconds_per_iteration(window_records) or progress.iteration_seconds
     if progress.train_iters and progress.iteration is not None:
         left = max(0, progress.train_iters - progress.iteration)
-        progress.eta_seconds = 0.0 if left == 0 else (None if pace is None else left * pace)
+        writes = _checkpoint_writes_left(progress.iteration, progress.train_iters, run.get("save_interval"))
+        write_seconds = (progress.last_checkpoint.seconds if progress.last_checkpoint else None) or 0.0
+        progress.eta_seconds = 0.0 if left == 0 else (None if pace is None else left * pace + writes * write_seconds)
     started = attempts[-1].started if attempts else None
     iterated = any(r.iteration_time for r in ranks) or bool(
         current and (started is None or (progress.updated or 0) >= started))
