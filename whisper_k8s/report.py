@@ -2,8 +2,9 @@
 
 The trainer appends one JSON line per iteration (``iteration``, ``loss``, ``samples_per_second``,
 ``iteration_ms``, cumulative ``skipped_samples`` by reason...), ``{"start": ...}`` and ``{"checkpoint": ...}``
-events (read by ``whisper_k8s.progress``; skipped here) and a ``{"summary": ...}`` line when a run ends. A restarted job resumes from its latest checkpoint and appends again, so an iteration can appear more
-than once: the last record of each iteration is the one the final weights descend from.
+events (read by ``whisper_k8s.progress``; skipped here) and a ``{"summary": ...}`` line when a run ends. A
+restarted job resumes from its latest checkpoint and appends again, so an iteration can appear more than
+once: the last record of each iteration is the one the final weights descend from.
 """
 
 from __future__ import annotations
