@@ -44,6 +44,7 @@ def test_thread_writes_on_its_interval_and_at_once_on_a_phase_change(tmp_path):
     assert not beat._thread.is_alive()
     assert (read(path)["phase"], read(path)["detail"]) == ("finished", "signal")
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # temporary files renamed, none left
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by whoever reads metrics.jsonl
 
 
 def test_liveness_keeps_coming_while_the_training_thread_blocks(tmp_path):

@@ -13,10 +13,12 @@ The policy is the default one scaled down (8 s floor, heartbeat every 0.5 s) so 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from test_trainer import run_env, trainer_command, write_configs
@@ -71,11 +73,35 @@ def running_job(tmp_path, processor_dir):
     try:
         yield Poller(outputs, proc), proc, tmp_path / "trainer.log"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGCONT)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_everything(proc)
         log.close()
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (torchrun starts its workers in sessions of their own, so a signal to
+    torchrun's group does not reach them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else -1
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_everything(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and every worker it started (thawed first), so no frozen rank outlives the test."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        for signum in (signal.SIGCONT, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+    proc.wait(timeout=30)
 
 
 def test_progress_of_a_real_run_with_a_held_checkpoint_and_a_frozen_rank(running_job):

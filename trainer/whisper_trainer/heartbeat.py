@@ -39,7 +39,7 @@ MAX_ATTEMPTS_KEPT = 100  # run.json keeps the newest attempts (the attempt numbe
 
 def _write_json(path: Path, item: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(item, separators=(",", ":")) + "\n")
+    write_text(path, json.dumps(item, separators=(",", ":")) + "\n", mode=0o644)  # readable like metrics.jsonl
 
 
 class Heartbeat:
