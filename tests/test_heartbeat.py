@@ -37,7 +37,7 @@ def test_thread_writes_on_its_interval_and_at_once_on_a_phase_change(tmp_path):
     beat = Heartbeat(path, {"rank": 3, "attempt": 1}, interval=60.0)  # the timer alone would not write again
     beat.start()
     wait_for(path.exists)
-    assert read(path)["phase"] == "starting" and read(path)["rank"] == 3 and read(path)["interval"] == 60.0
+    assert read(path)["phase"] == "loading" and read(path)["rank"] == 3 and read(path)["interval"] == 60.0
     beat.set_phase(layout.TRAINING)
     wait_for(lambda: read(path)["phase"] == "training")
     beat.close(layout.FINISHED, "signal")
@@ -106,7 +106,8 @@ def test_trainer_hooks_write_what_the_progress_block_reads(tmp_path, monkeypatch
     metrics = MetricsWriter(str(metrics_file))
     progress = TrainerProgress(str(metrics_file), ENV, metrics, {"train_iters": 4, "world_size": 1})
     with progress.running():
-        progress.loading()
+        assert not (tmp_path / layout.PROGRESS_DIR).exists()  # nothing before set-up has checked its inputs
+        progress.start_reporting()
         progress.started(resumed_from=None, compiling=True)
         assert progress.heartbeat.phase == "compiling"
         for iteration in (1, 2):
@@ -127,6 +128,7 @@ def test_trainer_hooks_write_what_the_progress_block_reads(tmp_path, monkeypatch
 def test_an_error_marks_the_rank_failed_and_a_failed_write_is_not_recorded(tmp_path):
     metrics_file = tmp_path / layout.METRICS_FILE
     progress = TrainerProgress(str(metrics_file), ENV, MetricsWriter(str(metrics_file)), {"train_iters": 4})
+    progress.start_reporting()
     progress.started(resumed_from=None, compiling=False)
     with pytest.raises(OSError), progress.running(), progress.checkpointing(2):
         raise OSError("No space left on device\nmore text")
@@ -134,6 +136,15 @@ def test_an_error_marks_the_rank_failed_and_a_failed_write_is_not_recorded(tmp_p
     assert (beat["phase"], beat["detail"]) == ("failed", "OSError: No space left on device")
     assert read(tmp_path / layout.PROGRESS_DIR / layout.RUN_FILE)["last_checkpoint"] is None
     assert "checkpoint" not in metrics_file.read_text()
+
+
+def test_bad_input_found_during_set_up_writes_nothing(tmp_path):
+    """The bad-input rule: a run refused before set-up has checked its inputs leaves the outputs untouched."""
+    metrics_file = tmp_path / layout.METRICS_FILE
+    progress = TrainerProgress(str(metrics_file), ENV, MetricsWriter(str(metrics_file)), {"train_iters": 4})
+    with pytest.raises(ValueError), progress.running():
+        raise ValueError("data.json: basic_parameters.language 'xx' is not a Common Voice locale")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_no_metrics_file_means_no_progress_files():

@@ -278,7 +278,7 @@ def test_the_clock_restarts_when_a_checkpoint_write_ends():
 
 
 def test_no_false_stall_during_startup_loading_or_compilation():
-    for phase in ("starting", "loading", "compiling"):
+    for phase in ("loading", "compiling"):
         snap = training_snapshot(now=T0 + 1700, phase=phase, phase_since=T0 + 10)
         snap["metrics"]["records"] = snap["metrics"]["records"][:1]  # no iteration of this attempt yet
         for b in snap["heartbeats"]:
@@ -287,6 +287,21 @@ def test_no_false_stall_during_startup_loading_or_compilation():
         assert not p.stalled and p.stall.allowance == "start-up" and p.phase == phase
         snap["now"] = T0 + 1811
         assert build_progress(snap).stalled
+
+
+def test_files_of_processes_that_no_longer_run_do_not_make_a_restart_look_stalled():
+    """Attempt 1 was killed at T0+71 (its heartbeats stay, silent); the backend says new processes started at
+    T0+600, still checking their inputs (which writes nothing): starting, not stalled, until 30 min pass."""
+    snap = training_snapshot(now=T0 + 900, seen=(T0 + 71, T0 + 71))
+    assert build_progress(snap).stalled  # without the backend's hint: silent ranks, no progress
+    p = build_progress(snap, processes_started=T0 + 600)
+    assert not p.stalled and p.phase == "starting" and p.ranks == [] and p.stall.allowance == "start-up"
+    snap["now"] = T0 + 600 + 1801
+    late = build_progress(snap, processes_started=T0 + 600)
+    assert late.stalled and late.stall.since == T0 + 600
+    assert "every rank reports" not in late.stall.reason and "never reported" in late.stall.reason
+    fresh = build_progress(training_snapshot(now=T0 + 900), processes_started=T0 - 10)  # the hint is older
+    assert fresh.phase == "training" and len(fresh.ranks) == 2
 
 
 def test_first_iteration_of_a_resumed_attempt_gets_the_startup_allowance():

@@ -12,7 +12,10 @@
   events a tail of metrics.jsonl may no longer reach. They also go to metrics.jsonl as ``{"start": ...}`` and
   ``{"checkpoint": ...}`` lines, for the history.
 
-Progress is advisory: a volume that refuses the writes costs one warning, never the run.
+Nothing is written before set-up has checked its inputs (model.json, data, ``ckpt_path``): a run refused for
+bad input leaves the outputs untouched. Reporting starts with the ``loading`` phase (finding, verifying and
+loading the checkpoint to resume from). Progress is advisory: a volume that refuses the writes costs one
+warning, never the run.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class Heartbeat:
         self.path = path
         self.identity = {**identity, "host": socket.gethostname(), "pid": os.getpid(), "interval": interval}
         self.interval = interval
-        self.phase = layout.STARTING
+        self.phase = layout.LOADING
         self.phase_since = time.time()
         self.detail = ""
         self.iteration: int | None = None
@@ -104,8 +107,9 @@ class Heartbeat:
             self.write()
 
     def close(self, phase: str, detail: str = "") -> None:
-        """Stop the thread and write the final phase (``finished`` or ``failed``) from this thread."""
-        if self.path is None:
+        """Stop the thread and write the final phase (``finished`` or ``failed``) from this thread; a heartbeat
+        that never started writes nothing."""
+        if self.path is None or self._thread.ident is None:
             return
         self.phase, self.phase_since, self.detail = phase, time.time(), detail
         self._stop.set()
@@ -129,11 +133,15 @@ class RunRecord:
             pass
         self.item.update(fields)
 
-    def begin_attempt(self, started: float) -> int:
+    @property
+    def next_attempt(self) -> int:
         attempts = self.item["attempts"]
-        attempt = attempts[-1]["attempt"] + 1 if attempts else 1
-        self.item["attempts"] = [*attempts, {"attempt": attempt, "started": started, "resumed_from": None}]
-        self.item["attempts"] = self.item["attempts"][-MAX_ATTEMPTS_KEPT:]
+        return attempts[-1]["attempt"] + 1 if attempts else 1
+
+    def begin_attempt(self, started: float) -> int:
+        attempt = self.next_attempt
+        entry = {"attempt": attempt, "started": started, "resumed_from": None}
+        self.item["attempts"] = [*self.item["attempts"], entry][-MAX_ATTEMPTS_KEPT:]
         self.save()
         return attempt
 
@@ -154,24 +162,26 @@ class RunRecord:
 
 
 class TrainerProgress:
-    """The progress hooks the Trainer calls: phases, iterations, checkpoints, the end. Collective only in
-    ``__init__`` (rank 0 tells every rank the attempt number)."""
+    """The progress hooks the Trainer calls: the start of reporting, phases, iterations, checkpoints, the end.
+    Collective only in ``__init__`` (rank 0 tells every rank the attempt number; nothing is written yet)."""
 
     def __init__(self, metrics_file: str, env: parallel.DistEnv, metrics, fields: dict[str, Any]):
         folder = layout.progress_dir(metrics_file) if metrics_file else None
         self.metrics = metrics
-        self.started_at = time.time()
+        self.started_at = time.time()  # the attempt's start: the stall detector's start-up allowance counts from it
         self.run = RunRecord(folder / layout.RUN_FILE, fields) if folder and env.is_main else None
-        attempt = self.run.begin_attempt(self.started_at) if self.run else 1
-        self.attempt = parallel.broadcast_object(env, attempt)
+        self.attempt = parallel.broadcast_object(env, self.run.next_attempt if self.run else 1)
         identity = {"rank": env.rank, "world_size": env.world_size, "local_rank": env.local_rank,
                     "node_rank": env.node_rank, "attempt": self.attempt}
         path = folder / layout.heartbeat_name(env.rank) if folder else None
         self.heartbeat = Heartbeat(path, identity, layout.heartbeat_seconds())
-        self.heartbeat.start()
 
-    def loading(self) -> None:
+    def start_reporting(self) -> None:
+        """Set-up has checked its inputs: record the attempt (rank 0) and start the heartbeat, phase ``loading``."""
+        if self.run:
+            self.run.begin_attempt(self.started_at)
         self.heartbeat.set_phase(layout.LOADING)
+        self.heartbeat.start()
 
     def started(self, resumed_from: int | None, compiling: bool) -> None:
         """Set-up done: the first iteration (compiling layers when ``compiling``) begins."""

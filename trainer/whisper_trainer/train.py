@@ -93,7 +93,7 @@ class Trainer:
         self.stop = StopRequest()
         self.compile_backend = "inductor"  # tests use "aot_eager": the same capture without code generation
         self.metrics = MetricsWriter(cfg.metrics.metrics_file, cfg.metrics.tensorboard_dir, enabled=env.is_main)
-        self.progress = TrainerProgress(cfg.metrics.metrics_file, env, self.metrics, {  # heartbeats from here on
+        self.progress = TrainerProgress(cfg.metrics.metrics_file, env, self.metrics, {
             "train_iters": cfg.training.train_iters, "world_size": env.world_size, "global_batch": self.global_batch,
             "save_interval": cfg.checkpoint.save_interval})
 
@@ -131,7 +131,7 @@ class Trainer:
         self.loader = self.loader_factory(cfg, env)
         self.checkpoints = CheckpointManager(cfg.checkpoint.save, cfg.checkpoint.load, cfg.checkpoint.keep, env,
                                              cfg.model.fields, cfg.parallel.strategy)
-        self.progress.loading()
+        self.progress.start_reporting()  # inputs checked: from here on the run writes its progress
         resumed = self.checkpoints.resume(self.model, self.optimizer, self.scheduler, self.loader,
                                           load_optim=not cfg.checkpoint.no_load_optim,
                                           load_rng=not cfg.checkpoint.no_load_rng)

@@ -27,8 +27,9 @@ HEARTBEAT_SUFFIX = ".json"
 HEARTBEAT_SECONDS_ENV = "WHISPER_HEARTBEAT_SECONDS"
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 
-# Phases, in the order a rank goes through them.
-STARTING = "starting"  # process up: building the model, wrapping it, compiling layers lazily, the data loader
+# Phases, in the order a rank goes through them. Before the first, the process starts and checks its inputs
+# (model, data, pretrained weights) without writing anything: readers call that stretch STARTING.
+STARTING = "starting"  # inferred by readers: the job's processes run, no rank of theirs reports yet
 LOADING = "loading"  # finding, verifying (checksums) and loading the checkpoint to resume from
 COMPILING = "compiling"  # the first iteration when layers are compiled (torch.compile traces and generates code)
 TRAINING = "training"

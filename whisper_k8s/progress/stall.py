@@ -10,8 +10,9 @@ Running and logs nothing until the collective timeout, 30 minutes by default. Tw
   ==================  =====================================================================================
   training            ``max(floor_seconds, factor x mean iteration time)`` (60 s, 10x by default)
   start-up            ``startup_seconds`` (30 min) from the attempt's start until its first iteration
-                      completes: process start, model build, checkpoint verification and loading, and the
-                      first iteration, which compiles layers when ``--compile`` is on
+                      completes: process start and input checks (nothing is written then), checkpoint
+                      verification and loading, and the first iteration, which compiles layers when
+                      ``--compile`` is on
   checkpoint write    ``max(checkpoint_seconds, factor x the longest save so far)`` (10 min) from the write's
                       start
   ==================  =====================================================================================

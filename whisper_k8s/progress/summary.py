@@ -166,8 +166,14 @@ def current_ranks(heartbeats: list[dict[str, Any]], world_size: int | None,
 
 
 def build_progress(snapshot: dict[str, Any], policy: StallPolicy = DEFAULT_POLICY, *, active: bool = True,
-                   window: int = WINDOW) -> Progress:
-    """The figures of a snapshot; ``active=False`` (the job is not running) never reports a stall."""
+                   processes_started: float | None = None, window: int = WINDOW) -> Progress:
+    """The figures of a snapshot; ``active=False`` (the job is not running) never reports a stall.
+
+    ``processes_started``: when the job's current trainer processes started, where the backend knows it (the
+    newest pod or process start). Heartbeats all older than that, and an attempt that began before it, are
+    left by processes that no longer run: the new attempt is ``starting`` (checking its inputs, which writes
+    nothing) and the start-up allowance counts from then.
+    """
     now = float(snapshot["now"])
     run = snapshot.get("run") or {}
     records = (snapshot.get("metrics") or {}).get("records") or []
@@ -179,10 +185,15 @@ def build_progress(snapshot: dict[str, Any], policy: StallPolicy = DEFAULT_POLIC
     attempts = _attempts(run, records)
     world_size = run.get("world_size") or next((r.get("world_size") for r in reversed(iterations)), None)
     ranks = current_ranks(snapshot.get("heartbeats") or [], world_size, attempts[-1].attempt if attempts else None)
+    started = attempts[-1].started if attempts else None
+    restarting = processes_started is not None and (started or 0) < processes_started and all(
+        r.last_seen < processes_started for r in ranks)
+    if restarting:
+        ranks, started = [], processes_started
     world_size = world_size or (len(ranks) or None)
     progress = Progress(now=now, train_iters=run.get("train_iters"), world_size=world_size, ranks=ranks,
-                        attempts=attempts, phase=job_phase(ranks), last_checkpoint=_checkpoint(run, records, now),
-                        problems=list(snapshot.get("problems") or []))
+                        attempts=attempts, phase=layout.STARTING if restarting else job_phase(ranks),
+                        last_checkpoint=_checkpoint(run, records, now), problems=list(snapshot.get("problems") or []))
     last = iterations[-1] if iterations else None
     if last is not None:
         progress.iteration = int(last["iteration"])
@@ -208,7 +219,6 @@ def build_progress(snapshot: dict[str, Any], policy: StallPolicy = DEFAULT_POLIC
         writes = _checkpoint_writes_left(progress.iteration, progress.train_iters, run.get("save_interval"))
         write_seconds = (progress.last_checkpoint.seconds if progress.last_checkpoint else None) or 0.0
         progress.eta_seconds = 0.0 if left == 0 else (None if pace is None else left * pace + writes * write_seconds)
-    started = attempts[-1].started if attempts else None
     iterated = any(r.iteration_time for r in ranks) or bool(
         current and (started is None or (progress.updated or 0) >= started))
     if active:
@@ -222,7 +232,7 @@ def build_progress(snapshot: dict[str, Any], policy: StallPolicy = DEFAULT_POLIC
 
 
 def read_progress(source: ProgressSource, policy: StallPolicy = DEFAULT_POLICY, *, active: bool = True,
-                  window: int = WINDOW) -> Progress:
+                  processes_started: float | None = None, window: int = WINDOW) -> Progress:
     """What `status` calls: one snapshot from the backend's source, turned into figures."""
     return build_progress(source.snapshot(records=max(window, probe.DEFAULT_RECORDS)), policy, active=active,
-                          window=window)
+                          processes_started=processes_started, window=window)
