@@ -82,9 +82,11 @@ def descendants(root: int) -> list[int]:
     torchrun's group does not reach them)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else -1
-        except (OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
             continue
         children.setdefault(ppid, []).append(int(entry.name))
     found, todo = [], [root]
