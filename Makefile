@@ -82,6 +82,7 @@ bench: setup  ## run the benchmarks (bench/results/*.json)
 	$(PY) bench/data_pipeline.py
 	$(PY) bench/convert.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/progress.py
 
 IMAGE_REF   = $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT)
 # The image's base; empty: the Dockerfile's (python:3.10-slim-bookworm, the CUDA or the CANN image).

@@ -71,13 +71,18 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path`` and rename it over ``path`` (no partial file on failure)."""
+def write_text(path: str | os.PathLike, text: str, mode: int | None = None) -> Path:
+    """Write ``text`` to a temp file beside ``path`` and rename it over ``path`` (no partial file on failure).
+
+    The file keeps mkstemp's 0600 unless ``mode`` is given (set before the rename).
+    """
     path = Path(path)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -1,9 +1,10 @@
 """The short training report ``collect`` writes: a summary of metrics.jsonl, a loss-curve PNG, report.md.
 
 The trainer appends one JSON line per iteration (``iteration``, ``loss``, ``samples_per_second``,
-``iteration_ms``, cumulative ``skipped_samples`` by reason...) and a ``{"summary": ...}`` line when a run
-ends. A restarted job resumes from its latest checkpoint and appends again, so an iteration can appear more
-than once: the last record of each iteration is the one the final weights descend from.
+``iteration_ms``, cumulative ``skipped_samples`` by reason...), ``{"start": ...}`` and ``{"checkpoint": ...}``
+events (read by ``whisper_k8s.progress``; skipped here) and a ``{"summary": ...}`` line when a run ends. A
+restarted job resumes from its latest checkpoint and appends again, so an iteration can appear more than
+once: the last record of each iteration is the one the final weights descend from.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from statistics import fmean
 from typing import Any
 
 from whisper_k8s.errors import UserError
+from whisper_k8s.progress.probe import is_iteration_record
 
 LOSS_PNG = "loss.png"
 REPORT_MD = "report.md"
@@ -47,7 +49,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             raise UserError(f"{path}:{number}: not a JSON line") from None
         if "summary" in item:
             summaries.append(item["summary"])
-        elif "iteration" in item and "loss" in item:
+        elif is_iteration_record(item):
             records.append(item)
     return records, summaries
 

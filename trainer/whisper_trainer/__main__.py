@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None, loader_factory=None) -> int:
     setup_logging(env.rank, env.node_rank)
     try:
         trainer = Trainer(cfg, env, loader_factory or default_loader_factory)
-        trainer.setup()
-        trainer.train()
+        with trainer.progress.running():  # an error leaving here marks this rank's heartbeat failed
+            trainer.setup()
+            trainer.train()
     except WhisperK8sError as err:
         log.error("%s", err)
         return err.exit_code

@@ -3,6 +3,19 @@
 Rank 0 writes; other ranks only contribute through the all-reduced values the loop hands in. The JSON-lines
 file is appended to and flushed per record, so a resumed run continues the same file and a killed run loses
 at most the line being written.
+
+metrics.jsonl holds, one JSON object a line (``whisper_k8s.progress`` reads its tail, ``whisper_k8s.report``
+all of it):
+
+- an iteration: ``iteration``, ``train_iters``, ``loss``, ``lr``, ``grad_norm``, ``iteration_ms``,
+  ``samples_per_second`` (global), ``samples_per_second_per_device``, ``data_wait_share`` (of the iteration's
+  time, mean over ranks), ``global_samples``, ``consumed_samples``, ``world_size``, ``time`` (Unix seconds),
+  and every ``--log-interval`` iterations ``skipped_samples`` (cumulative, by reason, summed over ranks);
+- ``{"start": {"attempt", "time", "resumed_from", "ready"}}`` when a run has set up (``resumed_from`` null
+  when it started from scratch; ``time`` when the process began, ``ready`` when set-up ended);
+- ``{"checkpoint": {"iteration", "time", "seconds"}}`` once a checkpoint is complete (verified, renamed into
+  place, tracker moved);
+- ``{"summary": {...}}`` when a run ends.
 """
 
 from __future__ import annotations
@@ -15,6 +28,9 @@ from statistics import fmean
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# Fields of an iteration record that are positions or constants, not series worth a TensorBoard plot.
+NOT_PLOTTED = frozenset({"iteration", "train_iters", "world_size", "time"})
 
 
 class MetricsWriter:
@@ -36,7 +52,7 @@ class MetricsWriter:
         if self._tb is not None:
             step = record.get("iteration", 0)
             for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "iteration":
+                if isinstance(value, (int, float)) and key not in NOT_PLOTTED:
                     self._tb.add_scalar(f"train/{key}", value, step)
 
     def close(self) -> None:

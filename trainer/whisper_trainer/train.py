@@ -20,6 +20,7 @@ import torch
 from whisper_trainer import kernels, parallel, precision
 from whisper_trainer.checkpoint import CheckpointManager
 from whisper_trainer.config import TrainerConfig
+from whisper_trainer.heartbeat import TrainerProgress
 from whisper_trainer.log import LIFECYCLE
 from whisper_trainer.metrics import MetricsWriter, Stopwatch, average_samples_per_second, format_line
 from whisper_trainer.model import (
@@ -93,6 +94,9 @@ class Trainer:
         self.stop = StopRequest()
         self.compile_backend = "inductor"  # tests use "aot_eager": the same capture without code generation
         self.metrics = MetricsWriter(cfg.metrics.metrics_file, cfg.metrics.tensorboard_dir, enabled=env.is_main)
+        self.progress = TrainerProgress(cfg.metrics.metrics_file, env, self.metrics, {
+            "train_iters": cfg.training.train_iters, "world_size": env.world_size, "global_batch": self.global_batch,
+            "save_interval": cfg.checkpoint.save_interval})
 
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -134,12 +138,14 @@ class Trainer:
         self.loader = self.loader_factory(cfg, env)
         self.checkpoints = CheckpointManager(cfg.checkpoint.save, cfg.checkpoint.load, cfg.checkpoint.keep, env,
                                              cfg.model.fields, cfg.parallel.strategy)
+        self.progress.start_reporting()  # inputs checked: from here on the run writes its progress
         resumed = self.checkpoints.resume(self.model, self.optimizer, self.scheduler, self.loader,
                                           load_optim=not cfg.checkpoint.no_load_optim,
                                           load_rng=not cfg.checkpoint.no_load_rng)
         if resumed:
             self.iteration = resumed.iteration
             self.consumed_samples = int(resumed.trainer_state.get("consumed_samples", 0))
+        self.progress.started(resumed.iteration if resumed else None, compiling=compiled)
 
     # ------------------------------------------------------------------------------------------------- loop
     def train(self) -> dict:
@@ -152,6 +158,7 @@ class Trainer:
             record = self.train_step(batches)
             self.iteration += 1
             self.report(record)
+            self.progress.iteration_done(self.iteration)
             stop = parallel.any_rank(self.env, self.stop.requested)
             exit_now = bool(t.exit_interval and self.iteration % t.exit_interval == 0)
             if stop or exit_now or self.iteration % c.save_interval == 0 or self.iteration == t.train_iters:
@@ -174,7 +181,7 @@ class Trainer:
         loss_sum, samples = torch.zeros((), device=env.device), 0  # read after the step: no host sync inside
         for micro in range(self.accumulation):
             waited = time.perf_counter()
-            batch = next(batches)
+            batch = self.progress.next_batch(batches)
             watch.waited(time.perf_counter() - waited)
             features = features_on_device(batch, self.cfg.model.n_frames, env.device)
             labels = batch["labels"].to(env.device, non_blocking=True)
@@ -201,6 +208,8 @@ class Trainer:
     def report(self, record: dict) -> None:
         self.iteration_ms.append(record["iteration_ms"])
         record = {"iteration": self.iteration, **record, "consumed_samples": self.consumed_samples,
+                  "train_iters": self.cfg.training.train_iters, "world_size": self.env.world_size,
+                  "samples_per_second_per_device": record["samples_per_second"] / self.env.world_size,
                   "time": time.time()}
         if self.iteration % self.cfg.metrics.log_interval == 0 or self.iteration == self.cfg.training.train_iters:
             record["skipped_samples"] = self.skipped_samples()
@@ -218,11 +227,12 @@ class Trainer:
         return total
 
     def save(self) -> None:
-        self.checkpoints.save(
-            self.iteration, self.model, self.optimizer, self.scheduler, self.loader,
-            self.cfg.as_namespace(self.env.world_size) if self.env.is_main else None,
-            {"consumed_samples": self.consumed_samples, "iteration": self.iteration},
-        )
+        with self.progress.checkpointing(self.iteration):
+            self.checkpoints.save(
+                self.iteration, self.model, self.optimizer, self.scheduler, self.loader,
+                self.cfg.as_namespace(self.env.world_size) if self.env.is_main else None,
+                {"consumed_samples": self.consumed_samples, "iteration": self.iteration},
+            )
 
     def finish(self, reason: str) -> dict:
         headline = average_samples_per_second(self.iteration_ms, self.global_batch)
@@ -235,5 +245,6 @@ class Trainer:
             self.metrics.write({"summary": summary})
         lifecycle.info("training stopped at iteration %d (%s)", self.iteration, reason)
         self.metrics.close()
+        self.progress.finished(reason)
         return summary
 
