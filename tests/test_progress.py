@@ -344,8 +344,8 @@ def test_ended_or_inactive_jobs_are_never_stalled():
 def job_status(state: str = JobState.RUNNING) -> JobStatus:
     started = datetime(2027, 1, 15, 8, 0, tzinfo=timezone.utc)
     return JobStatus(name="hi-v3", namespace="team-a", backend="local", state=state, nodes=2, created=started,
-                     pods=[PodStatus(name="hi-v3-master-0", role="master", rank=0, phase="Running", started=started),
-                           PodStatus(name="hi-v3-worker-0", role="worker", rank=1, phase="Running", started=started)])
+                     pods=[PodStatus(name="hi-v3-master-0", role="master", index=0, rank=0, phase="Running", started=started),
+                           PodStatus(name="hi-v3-worker-0", role="worker", index=0, rank=1, phase="Running", started=started)])
 
 
 def test_status_document_has_the_documented_fields_in_json_and_yaml(tmp_path):
@@ -358,6 +358,7 @@ def test_status_document_has_the_documented_fields_in_json_and_yaml(tmp_path):
     assert json.loads(dump(document, "json")) == yaml.safe_load(dump(document, "yaml")) == document
     assert list(document) == ["apiVersion", "kind", "job", "state", "conditions", "pods", "problems", "progress"]
     assert document["job"]["handle"] == "local://team-a/hi-v3" and document["pods"][1]["name"] == "hi-v3-worker-0"
+    assert document["pods"][1]["replica"] == "worker-0" and document["pods"][1]["node_rank"] == 1
     p = document["progress"]
     for key in ("iteration", "train_iters", "loss", "samples_per_second", "eta_seconds", "data_wait_share",
                 "skipped_samples", "stalled"):

@@ -169,7 +169,7 @@ def status_document(status: JobStatus, progress: Progress | None) -> dict[str, A
         "state": status.state,
         "conditions": [{"type": c.type, "status": c.status, "reason": c.reason or None, "message": c.message or None,
                         "last_transition": iso(c.last_transition)} for c in status.conditions],
-        "pods": [{"name": pod.name, "role": pod.role, "rank": pod.rank, "phase": pod.phase, "restarts": pod.restarts,
+        "pods": [{"name": pod.name, "replica": pod.replica, "role": pod.role, "node_rank": pod.rank, "phase": pod.phase, "restarts": pod.restarts,
                   "node": pod.node or None, "started": iso(pod.started), "reason": pod.reason or None,
                   "message": pod.message or None} for pod in status.pods],
         "problems": list(status.problems),
