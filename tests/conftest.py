@@ -82,3 +82,20 @@ def cv_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cv") / "common_voice_11_0"
     synthesize(out, lang="en", train=16, test=4, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_en_dir(request) -> Path:
+    """OpenAI Whisper tiny.en as a Hugging Face folder (with its processor): the pinned package's CTranslate2
+    weights, sha256-checked and converted once into pytest's cache (reused while the digest is the same)."""
+    from whisper_k8s.assets.pretrained import tiny_en
+
+    return tiny_en(request.config.cache.mkdir("real-whisper"))
+
+
+@pytest.fixture(scope="session")
+def tiny_en_model(tiny_en_dir):
+    """The real tiny.en, loaded once (fp32 on the CPU), and its processor."""
+    from whisper_k8s.inference.transcribe import load_model, load_processor
+
+    return load_model(tiny_en_dir, "cpu"), load_processor(tiny_en_dir)
