@@ -13,8 +13,16 @@ import pytest
 import torch
 
 from whisper_k8s.errors import UserError
-from whisper_k8s.inference.decoding import TokenRules, decode
-from whisper_k8s.inference.longform import Segment, compression_ratio, split_segments
+from whisper_k8s.inference.decoding import Hypothesis, TokenRules, decode
+from whisper_k8s.inference.longform import (
+    Decoded,
+    FileState,
+    LongFormDecoder,
+    Options,
+    Segment,
+    compression_ratio,
+    split_segments,
+)
 from whisper_k8s.inference.output import clock, output_paths, render
 from whisper_k8s.inference.tokens import vocabulary
 from whisper_k8s.inference.transcribe import Result, load_processor, window_encoder
@@ -102,6 +110,26 @@ def test_segments_end_at_timestamp_pairs_and_the_next_window_starts_after_the_la
     assert [(s, e) for s, e, _ in segments] == [(0.0, 1.5)] and consumed == 1200
     segments, consumed = split_segments([a, b], TIMESTAMP_BEGIN, 1200)  # no timestamp: the window's length
     assert [(s, e) for s, e, _ in segments] == [(0.0, 12.0)]
+
+
+def test_silence_is_skipped_unlikely_or_repetitive_text_falls_back_and_cut_segments_are_read_again(model, vocab):
+    decoder = LongFormDecoder(model, vocab, encode=None, window_frames=3000, options=Options(timestamps=True),
+                              decode_text=lambda ids: " ".join(map(str, ids)))
+    file = FileState(np.zeros(16_000 * 70, np.float32), "en")
+
+    def decoded(tokens, avg_logprob, no_speech_prob, ratio=1.2):
+        return Decoded(Hypothesis(tokens, avg_logprob * (len(tokens) + 1), no_speech_prob), "text", ratio)
+
+    silence = decoded([ts(0), 400, ts(2.0)], -1.5, 0.9)
+    assert not decoder._needs_fallback(silence)  # <|nospeech|> likely and the text unlikely: no retry ...
+    decoder._advance(file, silence)
+    assert file.seek == 3000 and file.segments == []  # ... and no segment: the window is skipped
+    assert decoder._needs_fallback(decoded([ts(0), 400, ts(2.0)], -1.5, 0.1))  # unlikely text, speech
+    assert decoder._needs_fallback(decoded([ts(0), 400, ts(2.0)], -0.2, 0.1, ratio=3.0))  # a repetition loop
+    assert not decoder._needs_fallback(decoded([ts(0), 400, ts(2.0)], -0.2, 0.1))
+    decoder._advance(file, decoded([ts(0), 400, ts(1.0), ts(1.0), 401, ts(2.5), ts(2.6), 402], -0.3, 0.1))
+    assert [(s.start, s.end, s.text) for s in file.segments] == [(30.0, 31.0, "400"), (31.0, 32.5, "401")]
+    assert file.seek == 3250  # the next window starts at 32.5 s, where sentence "402" begins
 
 
 def test_repetition_compresses_well():
