@@ -54,7 +54,7 @@ def vocab(processor, model):
 
 
 def allowed(vocab, generated: list[int], *, timestamps: bool = True, logits=None) -> set[int]:
-    rules = TokenRules(vocab, timestamps, "cpu")
+    rules = TokenRules(vocab, timestamps, "cpu", 51866)
     if logits is None:  # text likelier than all timestamps together, so only the pairing rules decide
         logits = torch.zeros(1, 51866)
         logits[0, :TIMESTAMP_BEGIN] = 10.0

@@ -46,13 +46,15 @@ class Hypothesis:
 class TokenRules:
     """Whisper's constraints on the next token, for a batch of rows (see the module docstring)."""
 
-    def __init__(self, vocab: Vocabulary, timestamps: bool, device):
+    def __init__(self, vocab: Vocabulary, timestamps: bool, device, vocab_size: int):
         self.eot = vocab.eot
         self.all_timestamps = vocab.timestamp_begin
         self.begin = vocab.timestamp_begin if timestamps else None
         self.max_initial = vocab.max_initial_timestamp
         self.suppress = torch.tensor(vocab.suppress, dtype=torch.long, device=device)
         self.begin_suppress = torch.tensor(vocab.begin_suppress, dtype=torch.long, device=device)
+        if self.begin is not None:
+            self.timestamp_ids = torch.arange(self.begin, vocab_size, device=device)
 
     def apply(self, logits: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
         """``logits`` [N, V] (float32, changed in place) given the tokens chosen so far, ``generated`` [N, t]."""
@@ -77,8 +79,7 @@ class TokenRules:
         logits[closing, : self.eot] = NEG_INF  # after a segment's end: the next start, or the end of text
         latest = torch.where(is_time, generated, -1).amax(dim=1)
         floor = torch.where(closing, latest, latest + 1)  # equal allowed only from one segment to the next
-        ids = torch.arange(begin, logits.shape[1], device=logits.device)
-        earlier = (ids[None, :] < floor[:, None]) & (latest >= 0)[:, None]
+        earlier = (self.timestamp_ids[None, :] < floor[:, None]) & (latest >= 0)[:, None]
         logits[:, begin:] = logits[:, begin:].masked_fill(earlier, NEG_INF)
         logprobs = torch.log_softmax(logits, dim=-1)
         timestamp_mass = logprobs[:, begin:].logsumexp(dim=-1)
@@ -160,7 +161,7 @@ def decode(model, states: torch.Tensor, prompts: list[list[int]], vocab: Vocabul
            generator: torch.Generator | None = None) -> list[Hypothesis]:
     """One hypothesis per row: beam search when ``num_beams`` > 1 at temperature 0, else greedy (T = 0) or
     sampling from the softmax at ``temperature``."""
-    rules = TokenRules(vocab, timestamps, states.device)
+    rules = TokenRules(vocab, timestamps, states.device, model.config.vocab_size)
     room = [min(max_new_tokens, model.config.max_target_positions - len(p)) for p in prompts]
     if num_beams > 1 and temperature == 0:
         return _beam_search(model, states, prompts, vocab, rules, num_beams, max(room))

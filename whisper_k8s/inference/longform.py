@@ -234,9 +234,9 @@ def detect_languages(model, vocab: Vocabulary, states: torch.Tensor) -> list[str
 def knows_timestamps(model, vocab: Vocabulary, states: torch.Tensor, languages: list[str],
                      threshold: float = 0.01) -> bool:
     """Whether the model learned Whisper's timestamps: after the prompt without <|notimestamps|>, does it put
-    at least ``threshold`` of its probability on timestamp tokens (on average over these windows)? OpenAI's
-    models put tens of percent there; a model trained only on <|notimestamps|> labels (the trainer's) puts
-    almost none, and is then decoded in plain windows."""
+    at least ``threshold`` of its probability on timestamp tokens (in any of these windows)? OpenAI's tiny.en
+    puts 15-41 % there on speech and 2 % on silence; a model trained only on <|notimestamps|> labels (the
+    trainer's) puts almost none, and is then decoded in plain windows."""
     prompts = [vocab.prompt(language, timestamps=True) for language in languages]
     probs = next_token_logits(model, states, prompts, vocab.eot).softmax(dim=-1)
-    return float(probs[:, vocab.timestamp_begin:].sum(dim=-1).mean()) >= threshold
+    return float(probs[:, vocab.timestamp_begin:].sum(dim=-1).max()) >= threshold
