@@ -11,13 +11,16 @@ process with the measurements interleaved (a shared machine's load changes betwe
   - transformers: ``model.generate(full-length features, attention_mask, return_timestamps=True)``, the
     sequential long-form generation that its ASR pipeline runs for audio over 30 s;
   - ours in plain 30 s windows (``timestamps=False``): the previous behaviour, for reference;
-  - ours with ``condition_on_previous_text`` (Whisper's own default; ours and transformers' default is off);
+  - both with the previous text as context (Whisper's own default; ours and transformers' default is off):
+    ours with ``condition_on_previous_text=True``, transformers with ``condition_on_prev_tokens=True`` and
+    Whisper's temperature fallback and thresholds (ours has them on by default);
 - short: every sentence as its own clip (``--batch-size`` clips decoded together):
   - ours: ``transcribe_audio`` on the clips (default settings);
   - transformers: ``model.generate`` on the clips' padded 30 s features (its short-form default).
 
 Reported per case: WER and CER, median wall seconds (features included) and real-time factor (seconds of
-processing per second of audio; below 1 is faster than real time). The model is OpenAI's tiny.en from the
+processing per second of audio; below 1 is faster than real time), and the same for the process's CPU time
+(on a shared machine the wall time swings with the neighbours' load; ``--threads 1`` keeps it steadiest). The model is OpenAI's tiny.en from the
 pinned package (``whisper_k8s.assets.pretrained``) unless ``--model`` names another Hugging Face folder. Prints
 one summary line and writes bench/results/transcribe.json, with our long-form segments (the README shows them).
 """
@@ -39,7 +42,12 @@ from host import host_info  # noqa: E402 (bench/, the script's own folder)
 RESULTS = ROOT / "bench" / "results" / "transcribe.json"
 
 
-def transformers_long(model, processor, audio) -> str:
+# Whisper's safeguards as transformers' generate takes them (its defaults leave them off).
+WHISPER_SETTINGS = {"temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "compression_ratio_threshold": 2.4,
+                    "logprob_threshold": -1.0, "no_speech_threshold": 0.6}
+
+
+def transformers_long(model, processor, audio, **settings) -> str:
     import torch
 
     device, dtype = model.device, model.dtype
@@ -47,7 +55,7 @@ def transformers_long(model, processor, audio) -> str:
                                            padding="longest", return_attention_mask=True)
     with torch.inference_mode():
         out = model.generate(features.input_features.to(device, dtype), attention_mask=features.attention_mask.to(device),
-                             return_timestamps=True)
+                             return_timestamps=True, **settings)
     return processor.batch_decode(out, skip_special_tokens=True)[0]
 
 
@@ -65,13 +73,15 @@ def transformers_short(model, processor, clips, batch_size: int) -> list[str]:
 
 
 def timed(fn):
+    """``fn()``, its wall seconds and the process's CPU seconds (all threads; on a shared machine the CPU time
+    is what varies least with the neighbours' load)."""
     import torch
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     out = fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,15 +119,19 @@ def main(argv: list[str] | None = None) -> int:
                                                                  timestamps=False)[0],
         ("long", "ours_condition_on_previous_text"): lambda: transcribe_audio(
             model, processor, [recording.audio], condition_on_previous_text=True)[0],
+        ("long", "transformers_condition_on_previous_text"): lambda: transformers_long(
+            model, processor, recording.audio, condition_on_prev_tokens=True, **WHISPER_SETTINGS),
         ("short", "ours"): lambda: transcribe_audio(model, processor, clips, batch_size=args.batch_size),
         ("short", "transformers"): lambda: transformers_short(model, processor, clips, args.batch_size),
     }
     seconds: dict = {case: [] for case in cases}
+    cpu_seconds: dict = {case: [] for case in cases}
     outputs: dict = {}
     for _ in range(args.repeats):
         for case, fn in cases.items():
-            outputs[case], took = timed(fn)
+            outputs[case], took, cpu = timed(fn)
             seconds[case].append(took)
+            cpu_seconds[case].append(cpu)
 
     def text(out):
         return out.text if hasattr(out, "text") else out
@@ -135,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             wer, cer = wer_cer(recording.sentences, [text(o) for o in out], "en")
             audio_s = short_seconds
-        median = statistics.median(seconds[(kind, who)])
+        median, cpu = statistics.median(seconds[(kind, who)]), statistics.median(cpu_seconds[(kind, who)])
         result[kind][who] = {"wer": round(wer, 4), "cer": round(cer, 4), "seconds": round(median, 2),
-                             "rtf": round(median / audio_s, 4), "all_seconds": [round(s, 2) for s in seconds[(kind, who)]]}
+                             "rtf": round(median / audio_s, 4), "cpu_seconds": round(cpu, 2),
+                             "cpu_rtf": round(cpu / audio_s, 4),
+                             "all_seconds": [round(s, 2) for s in seconds[(kind, who)]]}
     long_ours = outputs[("long", "ours")]
     result["long"]["ours"]["segments"] = [{"start": s.start, "end": s.end, "text": s.text} for s in long_ours.segments]
     result["reference_sentences"] = [{"start": round(a, 2), "end": round(b, 2), "text": t}
@@ -146,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     long, short = result["long"], result["short"]
     print(f"transcribe {result['config']['model']} on {result['machine']['device']}: long {recording.duration_s:.0f} s "
-          f"WER ours {long['ours']['wer']:.3f} (RTF {long['ours']['rtf']:.3f}) vs transformers "
-          f"{long['transformers']['wer']:.3f} (RTF {long['transformers']['rtf']:.3f}), plain windows "
-          f"{long['ours_plain_windows']['wer']:.3f}, with previous text {long['ours_condition_on_previous_text']['wer']:.3f}; per sentence WER ours {short['ours']['wer']:.3f} "
-          f"(RTF {short['ours']['rtf']:.3f}) vs transformers {short['transformers']['wer']:.3f} "
-          f"(RTF {short['transformers']['rtf']:.3f}) -> {args.output}")
+          f"WER ours {long['ours']['wer']:.3f} (RTF {long['ours']['rtf']:.3f}, CPU {long['ours']['cpu_rtf']:.3f}) vs "
+          f"transformers {long['transformers']['wer']:.3f} (RTF {long['transformers']['rtf']:.3f}, CPU "
+          f"{long['transformers']['cpu_rtf']:.3f}), plain windows "
+          f"{long['ours_plain_windows']['wer']:.3f}; with previous text ours "
+          f"{long['ours_condition_on_previous_text']['wer']:.3f} vs transformers "
+          f"{long['transformers_condition_on_previous_text']['wer']:.3f}; per sentence WER ours {short['ours']['wer']:.3f} "
+          f"(RTF {short['ours']['rtf']:.3f}, CPU {short['ours']['cpu_rtf']:.3f}) vs transformers "
+          f"{short['transformers']['wer']:.3f} (RTF {short['transformers']['rtf']:.3f}, CPU "
+          f"{short['transformers']['cpu_rtf']:.3f}) -> {args.output}")
     return 0
 
 

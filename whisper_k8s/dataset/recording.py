@@ -19,7 +19,7 @@ from whisper_k8s.dataset.sentences import deal_sentences
 from whisper_k8s.dataset.speech import VOICES, Voice, check_engines, speak
 
 SAMPLE_RATE = 16_000
-FLITE_VOICES = tuple(v for v in VOICES["en"] if v.engine == "flite" and v.name != "kal16")  # kal16 is 8 kHz
+FLITE_VOICES = tuple(v for v in VOICES["en"] if v.engine == "flite" and v.name != "kal16")  # kal16: a diphone voice
 
 
 @dataclass
