@@ -85,12 +85,14 @@ def cv_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_en_dir(request) -> Path:
+def tiny_en_dir(request, tmp_path_factory) -> Path:
     """OpenAI Whisper tiny.en as a Hugging Face folder (with its processor): the pinned package's CTranslate2
-    weights, sha256-checked and converted once into pytest's cache (reused while the digest is the same)."""
+    weights, sha256-checked and converted once into pytest's cache (reused while the digest is the same; a
+    session's temporary folder under -p no:cacheprovider)."""
     from whisper_k8s.assets.pretrained import tiny_en
 
-    return tiny_en(request.config.cache.mkdir("real-whisper"))
+    cache = getattr(request.config, "cache", None)
+    return tiny_en(cache.mkdir("real-whisper") if cache is not None else tmp_path_factory.mktemp("real-whisper"))
 
 
 @pytest.fixture(scope="session")
