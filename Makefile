@@ -83,6 +83,8 @@ bench: setup  ## run the benchmarks (bench/results/*.json)
 	$(PY) bench/convert.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/progress.py
+	$(PY) bench/upload.py
+	$(PY) bench/transcribe.py
 
 IMAGE_REF   = $(REGISTRY)/$(IMAGE):$(TAG)-$(VARIANT)
 # The image's base; empty: the Dockerfile's (python:3.10-slim-bookworm, the CUDA or the CANN image).

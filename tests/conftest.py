@@ -96,3 +96,22 @@ def hf_whisper_tiny(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("hf") / "whisper-tiny"
     WhisperForConditionalGeneration(WhisperConfig(**fields)).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_en_dir(request, tmp_path_factory) -> Path:
+    """OpenAI Whisper tiny.en as a Hugging Face folder (with its processor): the pinned package's CTranslate2
+    weights, sha256-checked and converted once into pytest's cache (reused while the digest is the same; a
+    session's temporary folder under -p no:cacheprovider)."""
+    from whisper_k8s.assets.pretrained import tiny_en
+
+    cache = getattr(request.config, "cache", None)
+    return tiny_en(cache.mkdir("real-whisper") if cache is not None else tmp_path_factory.mktemp("real-whisper"))
+
+
+@pytest.fixture(scope="session")
+def tiny_en_model(tiny_en_dir):
+    """The real tiny.en, loaded once (fp32 on the CPU), and its processor."""
+    from whisper_k8s.inference.transcribe import load_model, load_processor
+
+    return load_model(tiny_en_dir, "cpu"), load_processor(tiny_en_dir)

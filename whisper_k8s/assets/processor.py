@@ -259,10 +259,17 @@ def write_processor(out_dir: Path | str, variant: str = "large-v3", *, overwrite
         return out_dir
     replace = overwrite or previous is not None
     with atomic_directory(out_dir, overwrite=replace, what="processor folder") as staging:
-        processor = build_processor(variant)
-        processor.save_pretrained(staging)
-        _also_readable_by_transformers_4(staging, processor)
-        # The tokenizer reloads the spelling map from here (English WER normalisation needs it).
-        shutil.copyfile(english_spelling_file(), staging / "normalizer.json")
-        (staging / MARKER_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        fill_processor_folder(staging, variant)
     return out_dir
+
+
+def fill_processor_folder(folder: Path, variant: str = "large-v3"):
+    """Write the processor files of ``variant`` into the existing ``folder`` (a model folder may share it);
+    returns the processor."""
+    processor = build_processor(variant)
+    processor.save_pretrained(folder)
+    _also_readable_by_transformers_4(folder, processor)
+    # The tokenizer reloads the spelling map from here (English WER normalisation needs it).
+    shutil.copyfile(english_spelling_file(), folder / "normalizer.json")
+    (folder / MARKER_FILE).write_text(json.dumps(_provenance(variant), indent=2) + "\n")
+    return processor

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from whisper_k8s.cli._model_options import add_model_options
+from whisper_k8s.cli._model_options import add_model_options, decoding_arguments
 
 NAME = "evaluate"
 HELP = "WER/CER of a checkpoint (HF folder, MindSpeed-MM .pth or Megatron folder) on a Common Voice split"
@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--language", required=True, help="Common Voice locale, e.g. hi, en, zh-CN")
     parser.add_argument("--split", default="test", help="train, dev, test, ... (default test)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N usable samples")
-    parser.add_argument("--out", metavar="FILE", help="per-sample results as JSON lines")
+    parser.add_argument("--out", metavar="FILE",
+                        help="per-sample results as JSON lines (texts, errors, segments with start/end times)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,9 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     summary = evaluate_dataset(
         args.model, args.dataset, args.language, args.split, processor_dir=args.processor, limit=args.limit,
-        out_path=args.out, batch_size=args.batch_size, device=args.device, num_beams=args.num_beams,
-        max_new_tokens=args.max_new_tokens,
-        model_config=args.model_config,
+        out_path=args.out, device=args.device, dtype=args.dtype, model_config=args.model_config,
+        **decoding_arguments(args),
     )
     print(summary.line())
     return 0

@@ -116,29 +116,34 @@ def _batches(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
-def _record(sample: Sample, hypothesis: str, scored: Score) -> dict:
+def _record(sample: Sample, transcript, scored: Score) -> dict:
     return {
         "path": sample.path,
         "reference": sample.sentence,
-        "hypothesis": hypothesis,
+        "hypothesis": transcript.text,
         "reference_normalized": scored.reference,
         "hypothesis_normalized": scored.hypothesis,
         "wer": round(scored.words.rate, 6),
         "cer": round(scored.chars.rate, 6),
         "word_errors": scored.words.count,
         "reference_words": scored.words.reference_length,
+        "language": transcript.language,
+        "timestamps": transcript.timestamps,
+        "segments": [segment.as_dict() for segment in transcript.segments],
     }
 
 
 def evaluate_dataset(model_path, dataset_root: str | os.PathLike, language: str, split: str = "test", *,
                      processor_dir: str | os.PathLike | None = None, limit: int | None = None,
                      out_path: str | os.PathLike | None = None, batch_size: int = 8, device: str = "auto",
-                     num_beams: int = 1, max_new_tokens: int | None = None, model_config=None) -> EvalSummary:
+                     num_beams: int = 1, max_new_tokens: int | None = None, model_config=None,
+                     timestamps: bool | None = None, dtype: str = "auto") -> EvalSummary:
     """Transcribe ``limit`` (default all) usable samples of ``language``/``split`` and score them.
 
     ``model_path``: a Hugging Face folder, MindSpeed-MM ``.pth`` or Megatron folder (or an already loaded
     model, then ``processor_dir`` is required); ``model_config``: a model.json for a checkpoint that carries
-    none and matches no preset. ``out_path``: per-sample JSON lines (optional).
+    none and matches no preset. ``out_path``: per-sample JSON lines (optional), each with the transcript's
+    segments and their times. ``timestamps``: as ``transcribe_audio``'s (None: when the model predicts them).
     """
     from whisper_k8s.inference.transcribe import load_model, load_processor, transcribe_audio
 
@@ -148,7 +153,7 @@ def evaluate_dataset(model_path, dataset_root: str | os.PathLike, language: str,
     skipped: list[str] = []
     samples = iter_samples(dataset_root, language, split, limit=limit, skipped=skipped)
     loaded = not isinstance(model_path, (str, os.PathLike))
-    model = model_path if loaded else load_model(model_path, device, config=model_config)
+    model = model_path if loaded else load_model(model_path, device, dtype=dtype, config=model_config)
     processor = load_processor(None if loaded else model_path, processor_dir)
     normalize = text_normalizer(language, processor.tokenizer)
     words, chars, n = Errors(), Errors(), 0
@@ -156,12 +161,12 @@ def evaluate_dataset(model_path, dataset_root: str | os.PathLike, language: str,
         for batch in _batches(samples, batch_size):
             transcripts = transcribe_audio(
                 model, processor, [s.audio for s in batch], names=[s.path for s in batch], language=language,
-                batch_size=batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                batch_size=batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens, timestamps=timestamps,
             )
             for sample, transcript in zip(batch, transcripts, strict=True):
                 scored = score(sample.sentence, transcript.text, normalize)
                 words, chars, n = words + scored.words, chars + scored.chars, n + 1
-                results.write(_record(sample, transcript.text, scored))
+                results.write(_record(sample, transcript, scored))
             log.info("evaluate: %d samples, running WER %.2f%%", n, 100 * words.rate)
     if n == 0:
         raise UserError(
