@@ -177,6 +177,27 @@ def test_english_only_variant_replaces_our_large_v3_folder(processor_dir, tmp_pa
     assert json.loads((out / proc.MARKER_FILE).read_text())["variant"] == "en"
 
 
+def test_english_only_labels_carry_no_language_or_task(processor_dir, tmp_path):
+    """Labels continue the prompt each model was trained on: <|lang|><|transcribe|><|notimestamps|> text for a
+    multilingual vocabulary, <|notimestamps|> text for an English-only (.en) one, which takes no other language
+    and no translate task."""
+    from whisper_trainer.data.labels import LabelEncoder
+
+    from whisper_k8s.errors import UserError
+
+    english = tmp_path / "processor-en"
+    proc.write_processor(english, variant="en")
+    en = LabelEncoder(str(english))
+    multi = LabelEncoder(str(processor_dir))
+    assert en.english_only and not multi.english_only
+    assert en.encode(" hello world", en.language_id("en")) == [50362, 23748, 995, 50256]
+    assert multi.encode(" hello world", multi.language_id("en")) == [50259, 50360, 50364, 7751, 1002, 50257]
+    with pytest.raises(UserError, match="English-only"):
+        en.language_id("hi")
+    with pytest.raises(UserError, match="English-only"):
+        LabelEncoder(str(english), task="translate")
+
+
 def test_features_from_a_synthetic_common_voice_clip(processor_dir, cv_dataset):
     import tarfile
 

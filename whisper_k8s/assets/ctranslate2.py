@@ -313,8 +313,6 @@ def convert_ctranslate2(src: str | Path, out: str | Path, *, dtype: str | None =
         write_hf_configs(staging, config, tie_word_embeddings=True, dtype=dtype_name(stored))
         generation = staging / "generation_config.json"
         fields = {**json.loads(generation.read_text()), **_generation_fields(folder)}
-        if variant == "en":  # an empty lang_to_id would make transformers' generate "detect" a language
-            fields = {k: v for k, v in fields.items() if k not in ("lang_to_id", "task_to_id")}
         generation.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
         (staging / MARKER_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out

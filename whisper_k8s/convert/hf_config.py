@@ -203,13 +203,15 @@ def build_generation_config(model_config: Mapping) -> dict:
         "pad_token_id": ids["pad_token_id"],
         "begin_suppress_tokens": [220, ids["eos_token_id"]],
         "is_multilingual": variant != "en",
-        "lang_to_id": lang_to_id(variant) if variant != "en" else {},
-        "task_to_id": {"transcribe": ids["transcribe_token_id"], "translate": ids["translate_token_id"]},
         "no_timestamps_token_id": ids["no_timestamps_token_id"],
         "prev_sot_token_id": ids["prev_sot_token_id"],
         "max_initial_timestamp_index": 50,
         "return_timestamps": False,
     })
+    if variant != "en":  # English-only models take no language or task: an empty lang_to_id would make
+        # transformers' generate "detect" a language among none
+        fields["lang_to_id"] = lang_to_id(variant)
+        fields["task_to_id"] = {"transcribe": ids["transcribe_token_id"], "translate": ids["translate_token_id"]}
     try:
         fields["suppress_tokens"] = _suppress_tokens(variant)
     except (UserError, OSError) as err:

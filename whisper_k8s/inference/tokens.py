@@ -19,7 +19,6 @@ from pathlib import Path
 
 from whisper_k8s.errors import UserError
 
-GPT2_END_OF_TEXT = 50256  # <|endoftext|> of the English-only (GPT-2) vocabulary
 TIME_PRECISION = 0.02  # seconds per timestamp token: one encoder position (2 mel frames of 10 ms)
 
 
@@ -54,6 +53,9 @@ def whisper_language(encoder, language: str) -> str:
     from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
     wanted = TO_LANGUAGE_CODE.get(language.strip().lower(), language.strip())
+    if encoder.english_only and wanted.split("-")[0].lower() != "en":
+        raise UserError(f"--language {language}: this model is English-only (a .en vocabulary): drop --language "
+                        "or pass en")
     try:
         token_id = encoder.language_id(wanted)
     except UserError:
@@ -68,7 +70,7 @@ def is_english_only(encoder, generation_config=None) -> bool:
     """True for OpenAI's ``.en`` models and any model on their vocabulary (see the module docstring)."""
     if getattr(generation_config, "is_multilingual", None) is False:
         return True
-    return encoder.end_id == GPT2_END_OF_TEXT
+    return encoder.english_only
 
 
 @dataclass(frozen=True)
@@ -100,20 +102,16 @@ class Vocabulary:
     def language(self, language: str | None) -> str | None:
         """The Whisper code for ``language`` (None: to be detected); always ``en`` for English-only models."""
         if self.english_only:
-            if language is not None and whisper_language(self.encoder, language) != "en":
-                raise UserError(f"--language {language}: this model is English-only (a .en vocabulary): "
-                                "drop --language or pass en")
+            if language is not None:
+                whisper_language(self.encoder, language)  # refuses any language but English
             return "en"
         return None if language is None else whisper_language(self.encoder, language)
 
     def prompt(self, language: str, *, timestamps: bool, previous: list[int] = (), max_previous: int = 223
                ) -> list[int]:
         """``[<|startofprev|> previous...] <|startoftranscript|> [<|lang|> <|task|>] [<|notimestamps|>]``."""
-        if self.english_only:
-            prefix = [self.no_timestamps]
-        else:
-            label = self.encoder.encode("", self.encoder.language_ids[language])
-            prefix = label[: label.index(self.eot)]  # <|lang|> <|task|> <|notimestamps|> today
+        label = self.encoder.encode("", self.encoder.language_ids[language])
+        prefix = label[: label.index(self.eot)]  # what the labels teach: [<|lang|> <|task|>] <|notimestamps|>
         if timestamps:
             prefix = [token for token in prefix if token != self.no_timestamps]
         context = [self.sot_prev, *previous[-max_previous:]] if previous and max_previous > 0 else []

@@ -12,6 +12,10 @@ the start token in the labels would train on a doubled start token that inferenc
 encoded as ``WhisperTokenizer(text)`` encodes it (no added leading space), so the labels equal the usual HF
 recipe's ``tokenizer(text).input_ids[1:]``. Batches carry no ``decoder_input_ids``: the model's own shift is the
 one source of them (its ``pad_token_id`` fills where labels hold -100; those positions carry no loss).
+
+English-only vocabularies (OpenAI's ``.en`` models: GPT-2's byte-level BPE, whose ``<|endoftext|>`` is id 50256;
+multilingual ones put it at 50257) were trained without language and task tokens: their labels are
+``<|notimestamps|> text <|endoftext|>``, the continuation of the prompt Whisper gives them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ NO_TIMESTAMPS = "<|notimestamps|>"
 TRANSLATE = "<|translate|>"
 TASKS = ("transcribe", "translate")
 TOO_MANY_TOKENS = "too_many_tokens"
+GPT2_END_OF_TEXT = 50256  # <|endoftext|> of the English-only (GPT-2) vocabulary
 
 
 class LabelEncoder:
@@ -51,6 +56,10 @@ class LabelEncoder:
         self.end_id = self._special_id(END_OF_TEXT)
         self.no_timestamps_id = self._special_id(NO_TIMESTAMPS)
         self.task_id = self._special_id(f"<|{task}|>")
+        self.english_only = self.end_id == GPT2_END_OF_TEXT
+        if self.english_only and task != "transcribe":
+            raise UserError(f"task {task!r}: the processor's vocabulary is English-only (a .en model) and cannot "
+                            "translate: use task transcribe or a multilingual processor")
         translate_id = self._special_id(TRANSLATE)
         # Whisper's language tokens are exactly the ids between <|startoftranscript|> and <|translate|>.
         self.language_ids = {
@@ -70,8 +79,12 @@ class LabelEncoder:
         ``zh-CN`` -> ``<|zh|>``, ``sv-SE`` -> ``<|sv|>``, ``yue`` -> ``<|yue|>`` (large-v3 vocabularies).
         """
         for code in (locale.lower(), locale.split("-")[0].lower()):
-            if code in self.language_ids:
+            if code in self.language_ids and (code == "en" or not self.english_only):
                 return self.language_ids[code]
+        if self.english_only:
+            raise UserError(f"Common Voice language {locale!r}: the processor's vocabulary is English-only (a .en "
+                            "model): train on en, or use a multilingual processor (assets processor --variant "
+                            "large-v3) and model")
         raise UserError(
             f"Common Voice language {locale!r} has no Whisper language token: Whisper knows "
             f"{', '.join(sorted(self.language_ids))}. Fix basic_parameters.language in data.json"
@@ -80,4 +93,5 @@ class LabelEncoder:
     def encode(self, text: str, language_id: int) -> list[int]:
         """Label ids for one transcript (see the module docstring for the layout)."""
         body = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return [language_id, self.task_id, self.no_timestamps_id, *body, self.end_id]
+        prompt = [] if self.english_only else [language_id, self.task_id]
+        return [*prompt, self.no_timestamps_id, *body, self.end_id]
