@@ -22,10 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_k8s.errors import UserError
-
-    status = _jobs.scheduler(args).describe(args.name)
+    backend = _jobs.job_scheduler(args)
+    status = backend.describe(args.name)
     if status is None:
-        raise UserError(f"no job {args.name} in namespace {args.namespace} (see `python -m whisper_k8s list`)")
+        _jobs.no_such_job(args, backend)
     print(status)
     return 0
