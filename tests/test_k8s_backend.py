@@ -232,3 +232,51 @@ def test_real_cluster_lists_and_discovers():
     backend = KubernetesScheduler()
     assert isinstance(kubernetes_jobs.operator_served(backend.api, get_contract("pytorchjob")), bool)
     assert isinstance(backend.list(), list)
+
+
+def claim_answer(name: str, *, release: str | None, deleting: bool = False) -> dict:
+    """A GET persistentvolumeclaims answer (no recording holds one): the client's own V1PersistentVolumeClaim,
+    labelled by the chart's release when it created the claim, being deleted when helm removes it."""
+    from datetime import datetime, timezone
+
+    from kubernetes import client
+
+    labels = {"app.kubernetes.io/instance": release, "app.kubernetes.io/managed-by": "Helm"} if release else None
+    claim = client.V1PersistentVolumeClaim(
+        api_version="v1", kind="PersistentVolumeClaim",
+        metadata=client.V1ObjectMeta(name=name, namespace="default", labels=labels,
+                                     deletion_timestamp=datetime.now(timezone.utc) if deleting else None),
+        spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"]),
+        status=client.V1PersistentVolumeClaimStatus(phase="Bound"))
+    return {"status": 200, "body": client.ApiClient().sanitize_for_serialization(claim)}
+
+
+def test_delete_reports_the_claims_that_stay_and_purges_only_the_outputs_the_job_created():
+    from whisper_k8s.backends.kubernetes import claims_of
+
+    user = {"nodes": 2, "accelerator": {"type": "cpu"}, "fullnameOverride": "demo",
+            "storage": {"dataset": {"type": "existingClaim", "existingClaim": "cv11"}}}
+    contract = get_contract("pytorchjob")
+    documents = [contract.job_document(chart.render(user, "demo"))]
+    mounted = claims_of(contract, documents)
+    assert mounted == [("dataset", "cv11"), ("outputs", "demo-outputs")]
+    claims = "/api/v1/namespaces/default/persistentvolumeclaims"
+    routes = {("GET", f"{claims}/cv11"): claim_answer("cv11", release=None),
+              ("GET", f"{claims}/demo-outputs"): claim_answer("demo-outputs", release="demo")}
+    backend, fake = scheduler(routes)
+    deleted = kubernetes_jobs.kept_claims(backend.api, mounted, release="demo", purge_outputs=False)
+    assert deleted.kept == ["dataset (claim cv11 in namespace default, yours)",
+                            "outputs (claim demo-outputs in namespace default, created by the job: "
+                            "storage.keepClaims keeps it)"] and deleted.purged == []
+    assert [r[0] for r in fake.requests] == ["GET", "GET"]
+
+    routes[("DELETE", f"{claims}/demo-outputs")] = claim_answer("demo-outputs", release="demo", deleting=True)
+    backend, fake = scheduler(routes)
+    deleted = kubernetes_jobs.kept_claims(backend.api, mounted, release="demo", purge_outputs=True)
+    assert deleted.purged == ["outputs (claim demo-outputs)"] and len(deleted.kept) == 1  # never the user's cv11
+    assert ("DELETE", f"{claims}/demo-outputs", {}) in fake.requests
+
+    # storage.keepClaims=false: helm is deleting the claim, so it does not stay
+    routes[("GET", f"{claims}/demo-outputs")] = claim_answer("demo-outputs", release="demo", deleting=True)
+    backend, _ = scheduler(routes)
+    assert kubernetes_jobs.kept_claims(backend.api, mounted[1:], release="demo", purge_outputs=False).kept == []

@@ -1,0 +1,88 @@
+"""The CLI knows where a job runs: submit records the place, the commands after it find the job by name,
+a flag given wins, an ambiguous name lists the command for each place, and a recorded cluster that cannot be
+reached is the one-line cluster error."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+
+import pytest
+import yaml
+
+from whisper_k8s import places
+from whisper_k8s.cli.main import main
+
+
+def kubeconfig(tmp_path, port: int) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "me"}}],
+        "users": [{"name": "me", "user": {"token": "t0ken"}}]}))
+    return str(path)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_job_recorded_in_an_unreachable_cluster_is_the_one_line_cluster_error(tmp_path, capsys):
+    port = closed_port()
+    places.record_submit("demo", places.Place("kubernetes", namespace="team-a",
+                                              kubeconfig=kubeconfig(tmp_path, port)))
+    for command in (["status", "demo"], ["logs", "demo"], ["delete", "demo"]):
+        assert main(command) == 3
+        err = capsys.readouterr().err
+        # the recorded kubeconfig and namespace were used: the error names that cluster
+        assert err.startswith(f"error: cluster https://127.0.0.1:{port} (context lab): cannot reach the API server")
+        assert err.count("\n") == 1
+
+
+def test_an_explicit_backend_wins_over_the_record(tmp_path, capsys):
+    places.record_submit("demo", places.Place("kubernetes", kubeconfig=kubeconfig(tmp_path, closed_port())))
+    assert main(["status", "demo", "--local"]) == 2
+    assert capsys.readouterr().err.startswith("error: no job demo in namespace default on the local backend")
+
+
+def test_an_ambiguous_name_lists_the_command_for_each_place(tmp_path, capsys):
+    local = places.Place("local", state_dir=str(tmp_path / "state"))
+    cluster = places.Place("kubernetes", namespace="team-a", context="prod")
+    places.record_submit("demo", local)
+    places.record_submit("demo", cluster)
+    assert main(["status", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "job demo was submitted to 2 places" in err
+    commands = [part.split("`")[1] for part in err.split("; ") if "`" in part]
+    assert commands == ["python -m whisper_k8s status demo --local",
+                        "python -m whisper_k8s status demo --backend kubernetes -n team-a --context prod"]
+    # each listed command selects its place: the local one is looked up locally
+    assert main(shlex.split(commands[0])[3:]) == 2
+    assert "no job demo in namespace default on the local backend" in capsys.readouterr().err
+    # a deleted place gives way to the live one
+    places.record_delete("demo", cluster, ["outputs (claim demo-outputs)"])
+    assert places.choose("demo", "status", backend=None, namespace=None, kubeconfig=None, context=None) == \
+        places.recorded("demo")[0]
+    assert places.recorded("demo")[0].backend == "local" and places.recorded("demo")[1].deleted
+
+
+def test_delete_forgets_a_place_that_kept_nothing():
+    place = places.Place("docker", state_dir="/srv/state")
+    places.record_submit("demo", place)
+    places.record_delete("demo", place, [])
+    assert places.recorded("demo") == [] and not places.record_file("demo").exists()
+
+
+@pytest.mark.parametrize("backend", ["kubernetes", "local", "docker"])
+def test_printed_commands_carry_the_flags_only_a_cluster_needs(backend):
+    from whisper_k8s.backends import get_scheduler
+
+    kwargs = {"context": "prod"} if backend == "kubernetes" else {}
+    scheduler = get_scheduler(backend, namespace="team-a", **kwargs)
+    from whisper_k8s.cli._jobs import hint
+
+    expected = {"kubernetes": " -n team-a --context prod", "local": "", "docker": ""}[backend]
+    assert hint(scheduler, "logs", "demo", "-f") == f"python -m whisper_k8s logs demo -f{expected}"
