@@ -33,9 +33,11 @@ def changed(name: str, edit) -> dict:
 
 def response_for(name: str | dict) -> urllib3.HTTPResponse:
     if isinstance(name, dict):  # an in-memory response, {"status", "body"} as in the recorded files
-        return urllib3.HTTPResponse(body=io.BytesIO(json.dumps(name["body"]).encode()), status=name["status"],
-                                    headers={"Content-Type": "application/json"}, preload_content=False,
-                                    reason=_REASONS.get(name["status"], "OK"))
+        body = name["body"]  # a string is a text answer (a pod's log)
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        headers = {"Content-Type": "text/plain" if isinstance(body, str) else "application/json"}
+        return urllib3.HTTPResponse(body=io.BytesIO(data), status=name["status"], headers=headers,
+                                    preload_content=False, reason=_REASONS.get(name["status"], "OK"))
     if name.endswith(".jsonl"):
         data = (FIXTURES / name).read_bytes()
         return urllib3.HTTPResponse(body=io.BytesIO(data), status=200, headers={"Content-Type": "application/json"},

@@ -177,7 +177,10 @@ def test_a_failed_pytorchjob_replica_restarts_in_place_within_backoff_limit(sche
     job = json.loads((scheduler.root / "flaky" / "job.json").read_text())
     assert job["history"] == [{"replica": "worker-0", "attempt": 0, "exit_code": 3}] and job["restarts"] == 1
     lines = list(scheduler.log_iter("flaky"))
-    assert lines.count("[worker-0] attempt on rank 1") == 2  # both runs' logs are kept
+    assert lines.count("[worker-0] attempt on rank 1") == 2  # both runs' logs are kept, the restart marked between
+    worker = [line for line in lines if line.startswith("[worker-0]")]
+    assert worker == ["[worker-0] attempt on rank 1", "[worker-0] --- restart 1 (previous attempt ended: exit code 3) ---",
+                      "[worker-0] attempt on rank 1"]
     assert lines.count("[master-0] attempt on rank 0") == 1  # the master was not restarted
 
 
@@ -189,6 +192,9 @@ def test_a_failed_trainjob_node_restarts_every_node(scheduler, dataset):
     assert [(p.replica, p.restarts) for p in status.pods] == [("node-0", 1), ("node-1", 1)]
     lines = list(scheduler.log_iter("flaky-v2"))
     assert lines.count("[node-1] attempt on rank 1") == 2 and lines.count("[node-0] attempt on rank 0") == 2
+    assert "[node-1] --- restart 1 (previous attempt ended: exit code 3) ---" in lines
+    assert "[node-0] --- restart 1 (previous attempt ended: stopped: every replica restarts (node-1 exited with " \
+           "3)) ---" in lines
 
 
 def test_backoff_limit_exceeded_fails_the_job(scheduler, dataset):

@@ -14,6 +14,7 @@ The engine is ``docker`` (or ``$WHISPER_K8S_CONTAINER_ENGINE``, e.g. ``podman``;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -207,30 +208,40 @@ class DockerScheduler(Scheduler):
         def open_stream(replica: ReplicaRef, following: bool) -> Iterator[tuple[datetime | None, str]]:
             container, started = replica.instance.split("/", 1)[0], replica.instance.split("@", 1)[-1]
             argv = [self.engine, "logs", "--timestamps"] + (["--follow"] if following else [])
-            if since is not None:
+            if replica.previous:  # the attempts before a restart: the engine keeps one log per container
+                argv += ["--until", started]
+            elif since is not None:
                 argv += ["--since", f"{int(since)}s"]
-            elif "/0@" not in replica.instance:  # a restarted container: only this run's lines
+            elif replica.attempt:  # a restarted container: only this run's lines
                 argv += ["--since", started]
             yield from _stream_lines([*argv, container])
 
         for line in merge_logs(snapshots, open_stream, follow=follow, role=role, rank=rank):
             yield str(line)
 
-    def _refs(self, name: str) -> list[ReplicaRef]:
+    def _refs(self, name: str, earlier: bool = True) -> list[ReplicaRef]:
+        """Each container's current run (init containers first); after a restart, with ``earlier``, also the
+        runs before it (the engine does not keep why they ended)."""
         refs = []
-        for container in self._containers(name):
+        containers = sorted(self._containers(name), key=lambda c: (_labels(c)["step"] == "main", c.get("Created", "")))
+        for container in containers:
             labels, state = _labels(container), container["State"]
-            refs.append(ReplicaRef(role=labels["role"], index=int(labels["index"]), rank=int(labels["node-rank"]),
-                                   name=labels["pod"],
-                                   instance=f"{container['Id']}/{container.get('RestartCount', 0)}"
-                                            f"@{state.get('StartedAt', '')}",
-                                   ready=state.get("Status") != "created"))
+            restarts, started = int(container.get("RestartCount") or 0), state.get("StartedAt", "")
+            current = ReplicaRef(role=labels["role"], index=int(labels["index"]), rank=int(labels["node-rank"]),
+                                 name=labels["pod"], instance=f"{container['Id']}/{restarts}@{started}",
+                                 ready=state.get("Status") != "created", attempt=restarts, started=_time(started))
+            if restarts and earlier:
+                refs.append(dataclasses.replace(current, instance=f"{container['Id']}/before@{started}", attempt=0,
+                                                previous=True))
+            refs.append(current)
         return refs
 
     def _snapshots(self, name: str) -> Iterator[list[ReplicaRef]]:
+        first = True
         while True:
             status = self.describe(name)
-            yield self._refs(name)
+            yield self._refs(name, earlier=first)  # later restarts: the running readers saw the earlier runs
+            first = False
             if status is None or status.is_terminal:
                 return
             time.sleep(_POLL_SECONDS)

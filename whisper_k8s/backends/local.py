@@ -236,11 +236,13 @@ class LocalScheduler(Scheduler):
         oldest = None if since is None else time.time() - since
         refs = []
         for replica_name, replica in job["replicas"].items():
+            why = {entry["attempt"]: entry["why"] for entry in replica.get("ended", [])}
             for attempt in range(replica["attempt"] + 1):
                 log = state.log_file(job_path, replica_name, attempt)
                 if log.is_file() and (oldest is None or log.stat().st_mtime >= oldest):
                     refs.append(ReplicaRef(role=replica["role"], index=replica["index"], rank=replica["node_rank"],
-                                           name=replica["pod"], instance=f"{replica_name}/{attempt}"))
+                                           name=replica["pod"], instance=f"{replica_name}/{attempt}",
+                                           attempt=attempt, previous_end=why.get(attempt - 1, "")))
         return refs
 
     def _snapshots(self, name: str, since: float | None) -> Iterator[list[ReplicaRef]]:
