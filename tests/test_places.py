@@ -69,11 +69,14 @@ def test_an_ambiguous_name_lists_the_command_for_each_place(tmp_path, capsys):
     assert places.recorded("demo")[0].backend == "local" and places.recorded("demo")[1].deleted
 
 
-def test_delete_forgets_a_place_that_kept_nothing():
+def test_a_deleted_place_is_remembered_with_what_it_kept_until_the_name_is_submitted_again():
     place = places.Place("docker", state_dir="/srv/state")
     places.record_submit("demo", place)
     places.record_delete("demo", place, [])
-    assert places.recorded("demo") == [] and not places.record_file("demo").exists()
+    (deleted,) = places.recorded("demo")
+    assert deleted.deleted and deleted.kept == () and deleted.key == place.key
+    places.record_submit("demo", place)
+    assert [p.deleted for p in places.recorded("demo")] == [""]
 
 
 @pytest.mark.parametrize("backend", ["kubernetes", "local", "docker"])

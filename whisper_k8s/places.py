@@ -12,7 +12,7 @@ local and docker backends the absolute state folder their jobs live in. ``status
   state folder, else Kubernetes, the default backend.
 
 ``delete`` marks its place deleted and notes where the kept outputs are (so ``collect`` still finds them and
-``status`` can say so), or forgets it when nothing was kept. The record is replaced atomically.
+``status`` can say so). The record is replaced atomically.
 
 Local and docker jobs belong to the folder they were submitted from (their state lives in ``runs/local``,
 ``runs/docker``); Kubernetes jobs live in the cluster and are found from any folder with ``-n``/``--context``.
@@ -65,7 +65,7 @@ class Place:
             where = f"kubernetes namespace {self.namespace}" + (f" context {self.context}" if self.context else "")
         else:
             where = f"{self.backend} in {self.state_dir}"
-        return where + (f", deleted {self.deleted} with outputs kept" if self.deleted else "")
+        return where + (f", deleted {self.deleted}" if self.deleted else "")
 
 
 def namespace_flags(namespace: str, kubeconfig: str | None = None, context: str | None = None) -> list[str]:
@@ -108,9 +108,6 @@ def recorded(name: str) -> list[Place]:
 
 def _write(name: str, places: Sequence[Place]) -> None:
     path = record_file(name)
-    if not places:
-        path.unlink(missing_ok=True)
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
     entries = [{k: list(v) if k == "kept" else v for k, v in asdict(p).items()} for p in places]
     atomic.write_text(path, json.dumps({"name": name, "places": entries}, indent=1) + "\n")
@@ -123,15 +120,12 @@ def record_submit(name: str, place: Place) -> None:
 
 
 def record_delete(name: str, place: Place, kept: Sequence[str]) -> None:
-    """After ``delete``: the place stays, marked deleted with where its outputs are kept; forgotten when
-    nothing was kept."""
+    """After ``delete``: the place stays, marked deleted, with where its outputs are kept (so ``status`` and
+    ``collect`` can say so; a live place of the same name wins over it)."""
     places = recorded(name)
     found = [p for p in places if p.key == place.key]
     others = [p for p in places if p.key != place.key]
-    if kept:
-        base = found[0] if found else place
-        others.append(replace(base, deleted=now_iso(), kept=tuple(kept)))
-    _write(name, others)
+    _write(name, [*others, replace(found[0] if found else place, deleted=now_iso(), kept=tuple(kept))])
 
 
 # ------------------------------------------------------------------------------------------------ resolving
