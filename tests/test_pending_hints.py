@@ -103,3 +103,63 @@ def test_logs_of_a_job_without_a_started_pod_says_why(monkeypatch, capsys):
     assert second.startswith("! worker-0 cannot be scheduled: no node has enough free huawei.com/Ascend910")
     # the pod has no node: its log was never asked for
     assert not [r for r in fake.requests if r[1].endswith("/log")]
+
+
+def test_the_commands_the_kubernetes_backend_prints_run_as_printed(monkeypatch, capsys):
+    """In namespace team-a, context prod: each printed command carries both, and runs (the crash-loop one against
+    the recorded cluster; the others are parsed by the CLI, which is what can be checked without a cluster)."""
+    import re
+    import shlex
+
+    import pytest
+
+    from whisper_k8s.backends import kubernetes_jobs
+    from whisper_k8s.backends.kubernetes_api import Access
+    from whisper_k8s.cli.main import build_parser
+    from whisper_k8s.errors import WhisperK8sError
+
+    team = "/api/v1/namespaces/team-a/pods"
+    crashing = recorded("pod_get_running_200")["body"]
+    crashing["spec"]["containers"][0]["env"][3]["value"] = "1"
+    crashing["metadata"]["name"] = "whisper-train-worker-0"
+    crashing["metadata"]["labels"].update({"training.kubeflow.org/replica-type": "worker"})
+    crashing["metadata"]["labels"].pop("training.kubeflow.org/job-role", None)
+    crashing["status"]["containerStatuses"][0].update(  # as the kubelet writes a crash loop (V1ContainerStatus)
+        restartCount=3, lastState={"terminated": {"exitCode": 1, "reason": "Error", "startedAt": "2026-11-25T21:25:59Z",
+                                                  "finishedAt": "2026-11-25T21:26:01Z"}},
+        state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container=pytorch"}})
+
+    def only_the_crashing_worker(body):
+        body["items"] = [crashing]
+
+    routes = {("GET", "/apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs/whisper-train"):
+              "pods_owner_pytorchjob_create_201",
+              ("GET", team): changed("pods_list_by_label_selector_200", only_the_crashing_worker),
+              ("GET", f"{team}/whisper-train-worker-0/log?previous=true"):
+                  {"status": 200, "body": "2026-11-25T21:26:00Z boom\n"},
+              ("GET", "/apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs/gone"): "pytorchjob_get_after_delete_404",
+              ("POST", "/apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs"): "pytorchjob_create_already_exists_409"}
+    fake = FakeApiServer(routes)
+    monkeypatch.setattr("whisper_k8s.backends.kubernetes_api.load_api_client", lambda *a, **k: (fake.client(), "prod"))
+    backend = KubernetesScheduler("team-a", context="prod")
+    messages = [problem for problem in backend.describe("whisper-train").problems]
+    with pytest.raises(WhisperK8sError) as missing:
+        kubernetes_jobs.require_job(backend.api, "gone", operator="pytorchjob")
+    messages.append(str(missing.value))
+    with pytest.raises(WhisperK8sError) as exists:
+        backend.api.call(Access("kubeflow.org", "pytorchjobs", "create", "whisper-train"),
+                         backend.api.custom().create_namespaced_custom_object, "kubeflow.org", "v1", "team-a",
+                         "pytorchjobs", {})
+    messages.append(str(exists.value))
+    commands = [c for message in messages for c in re.findall(r"`(python -m whisper_k8s [^`]+)`", message)]
+    assert commands == [
+        "python -m whisper_k8s logs whisper-train --role worker --rank 1 -n team-a --context prod",
+        "python -m whisper_k8s list -n team-a --context prod",
+        "python -m whisper_k8s delete whisper-train -n team-a --context prod"]
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[3:])
+        assert (args.namespace, args.context) == ("team-a", "prod")
+    capsys.readouterr()
+    assert main(shlex.split(commands[0])[3:]) == 0
+    # the crashed run's log (the current one waits for its back-off): the run before was the 2nd restart
+    assert capsys.readouterr().out == "[worker-0] --- restart 2 ---\n[worker-0] boom\n"

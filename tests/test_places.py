@@ -89,3 +89,23 @@ def test_printed_commands_carry_the_flags_only_a_cluster_needs(backend):
 
     expected = {"kubernetes": " -n team-a --context prod", "local": "", "docker": ""}[backend]
     assert hint(scheduler, "logs", "demo", "-f") == f"python -m whisper_k8s logs demo -f{expected}"
+
+
+@pytest.mark.slow
+def test_a_failed_local_job_prints_commands_that_run(tmp_path, monkeypatch, capsys, cv_dataset, processor_dir):
+    """submit --follow of a job that fails (a trainer flag that does not exist, no restart allowed): the status
+    command it names runs; submitting the name again names the delete that makes room, which runs too."""
+    monkeypatch.chdir(tmp_path)
+    submit = ["submit", "--name", "broken", "--local", "--nodes", "1", "--accelerator", "cpu", "--dataset",
+              str(cv_dataset), "--set", f"data.processor={processor_dir}", "--set", "runPolicy.backoffLimit=0",
+              "--set", "training.extraArgs={--no-such-flag}"]
+    assert main([*submit, "--follow"]) == 4
+    err = capsys.readouterr().err
+    (status,) = [part.split("`")[1] for part in err.splitlines() if part.startswith("error: job local://")]
+    assert status == "python -m whisper_k8s status broken"
+    assert main(shlex.split(status)[3:]) == 0 and "state Failed" in capsys.readouterr().out
+    assert main(submit) == 2
+    (delete,) = [part.split("`")[1] for part in capsys.readouterr().err.splitlines() if "already exists" in part]
+    assert delete == "python -m whisper_k8s delete broken --local"
+    assert main(shlex.split(delete)[3:]) == 0
+    assert "deleted local://default/broken" in capsys.readouterr().out

@@ -40,7 +40,6 @@ from whisper_k8s.backends.kubernetes_pods import describe, job_status
 from whisper_k8s.chart import chart_dir, helm_binary
 from whisper_k8s.errors import ClusterError, UserError
 from whisper_k8s.operators import OperatorContract, get_contract
-from whisper_k8s.places import namespace_flags
 
 
 class KubernetesScheduler(Scheduler):
@@ -58,7 +57,7 @@ class KubernetesScheduler(Scheduler):
 
     def place_flags(self) -> list[str]:
         """``-n``/``--kubeconfig``/``--context`` as given: a cluster's jobs are reached from any folder."""
-        return namespace_flags(self.namespace, self.kubeconfig, self.context)
+        return self.api.flags
 
     # ------------------------------------------------------------------------------------------ submit
     def choose_operator(self, requested: str | None = None) -> str:
@@ -104,10 +103,12 @@ class KubernetesScheduler(Scheduler):
         job = jobs.get_job(self.api, contract, name)
         if job is not None and (state := contract.state(job)) in JobState.TERMINAL:
             raise UserError(f"job {self.namespace}/{name} already finished ({state}): collect its outputs, "
-                            f"then `python -m whisper_k8s delete {name}` or submit with another --name")
+                            f"then `{places.command('delete', name, flags=self.place_flags())}` or submit with "
+                            "another --name")
 
     def _helm_run(self, args: list[str], release: str) -> str:
-        return run_helm(args, release=release, namespace=self.namespace, cluster=self.api.cluster)
+        return run_helm(args, release=release, namespace=self.namespace, cluster=self.api.cluster,
+                        flags=self.place_flags())
 
     # ------------------------------------------------------------------------------------------ read back
     def describe(self, name: str, operator: str | None = None) -> JobStatus | None:

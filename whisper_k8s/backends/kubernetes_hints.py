@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from whisper_k8s.backends.base import PodStatus
+from whisper_k8s.places import command
 
 _FIT_ERROR = re.compile(r"^0/\d+ nodes are available: (.*)$", re.DOTALL)
 _NOT_ACCELERATORS = ("cpu", "memory", "ephemeral-storage", "pods")
@@ -101,13 +102,13 @@ def scheduling_fixes(replica: str, message: str, pod: dict[str, Any], namespace:
     return list(dict.fromkeys(fixes))  # a claim reason may come from PreFilter and Filter alike
 
 
-def pod_fixes(pod: PodStatus, manifest: dict[str, Any], job: str, namespace: str) -> list[str]:
-    """The fixes for one replica of job ``job``: image pulls, crash loops, and every scheduling reason."""
+def pod_fixes(pod: PodStatus, manifest: dict[str, Any], job: str, namespace: str, flags: list[str]) -> list[str]:
+    """The fixes for one replica of job ``job``: image pulls, crash loops, and every scheduling reason
+    (``flags``: what a printed command needs to reach the cluster)."""
     if pod.reason in _IMAGE_PULL:
         return [f"{pod.replica} cannot pull its image ({pod.reason}): check --image / image.* values, the "
                 "registry, and imagePullSecrets"]
     if pod.reason == "CrashLoopBackOff":
-        flags = "" if namespace == "default" else f" -n {namespace}"
-        return [f"{pod.replica} keeps crashing: see `python -m whisper_k8s logs {job} --role {pod.role} "
-                f"--rank {pod.rank}{flags}`"]
+        logs = command("logs", job, "--role", pod.role, "--rank", str(pod.rank), flags=flags)
+        return [f"{pod.replica} keeps crashing: see `{logs}`"]
     return scheduling_fixes(pod.replica, pod.message, manifest, namespace)

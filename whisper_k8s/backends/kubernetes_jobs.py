@@ -14,6 +14,7 @@ from whisper_k8s.backends.base import Deleted
 from whisper_k8s.backends.kubernetes_api import Access, ClusterApi, NotServed
 from whisper_k8s.errors import ClusterError, UserError
 from whisper_k8s.operators import JobState, OperatorContract, all_contracts, get_contract
+from whisper_k8s.places import command
 
 INSTANCE_LABEL = "app.kubernetes.io/instance"  # the chart's release label on every object it renders
 # Objects of this kit carry the chart's part-of label; `list` selects on it.
@@ -84,7 +85,7 @@ def find_job(api: ClusterApi, name: str, operator: str | None = None) -> Found |
 def require_job(api: ClusterApi, name: str, operator: str | None = None) -> Found:
     found = find_job(api, name, operator)
     if found is None:
-        raise UserError(f"no job {name} in namespace {api.namespace} (see `python -m whisper_k8s list`)")
+        raise UserError(f"no job {name} in namespace {api.namespace} (see `{command('list', flags=api.flags)}`)")
     return found
 
 

@@ -97,5 +97,5 @@ def describe(api: ClusterApi, contract: OperatorContract, job: dict[str, Any]) -
     pods = list_pods(api, contract, status.name)
     status.pods = [pod_status(api, contract, pod) for pod in pods]
     status.problems = [fix for seen, pod in zip(status.pods, pods, strict=True)
-                       for fix in pod_fixes(seen, pod, status.name, api.namespace)]
+                       for fix in pod_fixes(seen, pod, status.name, api.namespace, api.flags)]
     return status
