@@ -5,35 +5,18 @@ reached is the one-line cluster error."""
 from __future__ import annotations
 
 import shlex
-import socket
 
 import pytest
-import yaml
+from test_cluster_errors import closed_port, kubeconfig
 
 from whisper_k8s import places
 from whisper_k8s.cli.main import main
 
 
-def kubeconfig(tmp_path, port: int) -> str:
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "me"}}],
-        "users": [{"name": "me", "user": {"token": "t0ken"}}]}))
-    return str(path)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_job_recorded_in_an_unreachable_cluster_is_the_one_line_cluster_error(tmp_path, capsys):
     port = closed_port()
     places.record_submit("demo", places.Place("kubernetes", namespace="team-a",
-                                              kubeconfig=kubeconfig(tmp_path, port)))
+                                              kubeconfig=kubeconfig(tmp_path, f"https://127.0.0.1:{port}")))
     for command in (["status", "demo"], ["logs", "demo"], ["delete", "demo"]):
         assert main(command) == 3
         err = capsys.readouterr().err
@@ -43,7 +26,7 @@ def test_a_job_recorded_in_an_unreachable_cluster_is_the_one_line_cluster_error(
 
 
 def test_an_explicit_backend_wins_over_the_record(tmp_path, capsys):
-    places.record_submit("demo", places.Place("kubernetes", kubeconfig=kubeconfig(tmp_path, closed_port())))
+    places.record_submit("demo", places.Place("kubernetes", kubeconfig=kubeconfig(tmp_path, f"https://127.0.0.1:{closed_port()}")))
     assert main(["status", "demo", "--local"]) == 2
     assert capsys.readouterr().err.startswith("error: no job demo in namespace default on the local backend")
 
