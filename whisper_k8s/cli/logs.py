@@ -10,7 +10,8 @@ from whisper_k8s.cli import _jobs
 from whisper_k8s.operators import all_roles
 
 NAME = "logs"
-HELP = "print the merged logs of a job's pods ([master-0], [worker-0] ...); -f follows restarts and new pods"
+HELP = ("print the merged logs of a job's pods ([master-0], [worker-0] ...), each restart marked with why the run "
+        "before it ended; -f follows restarts and new pods in time order; a job not started yet says why")
 ORDER = 30
 EXAMPLES = """
   python -m whisper_k8s logs whisper-hi

@@ -7,7 +7,8 @@ import argparse
 from whisper_k8s.cli import _jobs
 
 NAME = "status"
-HELP = "show a job's conditions and its pods (role, node rank, phase, restarts, node, age, reason)"
+HELP = ("show a job's conditions and its pods (role, node rank, phase, restarts, node, age, reason), with the fix "
+        "for each reason a pod is stuck")
 ORDER = 20
 EXAMPLES = """
   python -m whisper_k8s status whisper-hi
