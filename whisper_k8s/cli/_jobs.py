@@ -107,16 +107,24 @@ def no_such_job(args: argparse.Namespace, backend: Scheduler) -> NoReturn:
     kept = backend.deleted_job(args.name) or next(
         (p.kept for p in places.recorded(args.name) if p.key == place_of(args, backend).key and p.deleted), ())
     if kept:
-        from whisper_k8s import values
-
-        kept_values = values.default_values_path(args.name)
-        again = (f"; `{places.command('submit', '--name', args.name, '-f', str(kept_values), flags=place_of(args, backend).flags())}`"
-                 " resumes from them") if kept_values.is_file() else ""
+        again = resubmit_hint(args, backend)
+        again = f"; `{again}` resumes from them" if again else ""
         raise UserError(f"job {args.name} was deleted; its outputs are kept: {'; '.join(kept)}{again}; `"
                         f"{hint(backend, 'delete', args.name, '--purge-outputs')}` removes them")
     listing = places.command("list", flags=place_of(args, backend).flags(default_backend=DEFAULT_BACKEND))
     raise UserError(f"no job {args.name} in namespace {args.namespace} on the {args.backend} backend (see "
                     f"`{listing}`)")
+
+
+def resubmit_hint(args: argparse.Namespace, backend: Scheduler) -> str | None:
+    """The submit that starts job ``args.name`` again in the same place from its kept values (None when submit
+    kept them elsewhere, with --values-out)."""
+    from whisper_k8s import values
+
+    kept_values = values.default_values_path(args.name)
+    if not kept_values.is_file():
+        return None
+    return places.command("submit", "--name", args.name, "-f", str(kept_values), flags=place_of(args, backend).flags())
 
 
 def hint(backend: Scheduler, verb: str, *words: str) -> str:

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_k8s import places, values
+    from whisper_k8s import places
 
     backend = _jobs.job_scheduler(args)
     deleted = backend.cancel(args.name, purge_outputs=args.purge_outputs)
@@ -44,10 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if backend.deleted_job(args.name):  # this backend still reads the kept outputs
         steps.append(f"`{_jobs.hint(backend, 'collect', args.name, '--to', f'runs/{args.name}/hf')}` converts "
                      "the latest checkpoint")
-    kept_values = values.default_values_path(args.name)
-    if kept_values.is_file():
-        steps.append(f"`{places.command('submit', '--name', args.name, '-f', str(kept_values), flags=place.flags())}`"
-                     " resumes training from it")
+    again = _jobs.resubmit_hint(args, backend)
+    if again:
+        steps.append(f"`{again}` resumes training from it")
     steps.append(f"`{_jobs.hint(backend, 'delete', args.name, '--purge-outputs')}` removes the outputs")
     print("next: " + " | ".join(steps))
     return 0
