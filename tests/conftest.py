@@ -29,6 +29,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def own_runs_folders(tmp_path_factory, monkeypatch):
+    """The CLI commands a test runs keep their values, job records and local/docker job state in folders of
+    their own, never in the checkout's runs/ (which `make demo` fills)."""
+    root = tmp_path_factory.mktemp("runs")
+    monkeypatch.setenv("WHISPER_K8S_RUNS", str(root / "runs"))
+    monkeypatch.setenv("WHISPER_K8S_STATE", str(root / "local"))
+    monkeypatch.setenv("WHISPER_K8S_DOCKER_STATE", str(root / "docker"))
+
+
 @pytest.fixture(scope="session")
 def reference() -> Path:
     return REFERENCE

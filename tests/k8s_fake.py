@@ -2,7 +2,8 @@
 
 The official client builds real requests and parses real responses (including ApiException handling);
 only urllib3's ``PoolManager.request`` is replaced. Each route maps (method, path[?query]) to a recorded
-file of tests/fixtures/reference/k8s-api-responses/ (``*.json``: one response; ``*.jsonl``: a watch stream).
+file of tests/fixtures/reference/k8s-api-responses/ (``*.json``: one response; ``*.jsonl``: a watch stream), or to
+a response built in memory from a recorded one (:func:`changed`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,21 @@ def recorded(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def response_for(name: str) -> urllib3.HTTPResponse:
+def changed(name: str, edit) -> dict:
+    """A recorded response with its body changed by ``edit(body)``, for answers no recording holds (each test
+    that uses one says which field it changed and where the new value's shape comes from)."""
+    rec = recorded(name)
+    edit(rec["body"])
+    return rec
+
+
+def response_for(name: str | dict) -> urllib3.HTTPResponse:
+    if isinstance(name, dict):  # an in-memory response, {"status", "body"} as in the recorded files
+        body = name["body"]  # a string is a text answer (a pod's log)
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        headers = {"Content-Type": "text/plain" if isinstance(body, str) else "application/json"}
+        return urllib3.HTTPResponse(body=io.BytesIO(data), status=name["status"], headers=headers,
+                                    preload_content=False, reason=_REASONS.get(name["status"], "OK"))
     if name.endswith(".jsonl"):
         data = (FIXTURES / name).read_bytes()
         return urllib3.HTTPResponse(body=io.BytesIO(data), status=200, headers={"Content-Type": "application/json"},
@@ -45,7 +60,7 @@ _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 40
 class FakeApiServer:
     """Routes requests to recorded responses and keeps every request for assertions."""
 
-    def __init__(self, routes: dict[tuple[str, str], str | list[str]]):
+    def __init__(self, routes: dict[tuple[str, str], str | dict | list]):
         self.routes = {key: list(v) if isinstance(v, list) else [v] for key, v in routes.items()}
         self.requests: list[tuple[str, str, dict]] = []
 

@@ -147,6 +147,7 @@ def test_logs_ctrl_c_exits_130_without_traceback(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("whisper_k8s.backends.kubernetes.KubernetesScheduler.log_iter", interrupted)
+    monkeypatch.setattr("whisper_k8s.backends.kubernetes.KubernetesScheduler.describe", lambda self, name: None)
     assert main(["logs", "demo", "-f"]) == 130
     captured = capsys.readouterr()
     assert captured.out == "[master-0] iteration 1\n" and "Traceback" not in captured.err

@@ -133,7 +133,7 @@ def written(args) -> list[str]:
         return [f"{args.out}/{folder}" for folder in DEMO_LAYOUT]
     outputs = files(args, WRITES)
     if args.command == "submit" and args.name and not args.values_out:
-        outputs.append(str(values.default_values_path(args.name)))  # submit keeps the values there
+        outputs.append(str(values.default_values_path(args.name, "runs")))  # submit keeps the values there
     return outputs
 
 

@@ -109,8 +109,11 @@ def test_local_two_node_job_trains_and_collects_a_loadable_model(tmp_path, cv_da
     assert "e2e" in cli("list", "--local", env=env).stdout
     deleted = cli("delete", "e2e", "--local", env=env)
     assert deleted.returncode == 0, deleted.stderr
-    assert not (tmp_path / "state" / "e2e").exists()
-    assert cli("status", "e2e", "--local", env=env).returncode == 2
+    kept = tmp_path / "state" / "e2e" / "volumes" / "e2e-outputs"  # the outputs claim stays (storage.keepClaims)
+    assert f"kept: outputs (claim e2e-outputs): {kept}" in deleted.stdout
+    assert megatron.read_tracker(kept / "checkpoints") == 2 and not (tmp_path / "state" / "e2e" / "logs").exists()
+    gone = cli("status", "e2e", "--local", env=env)
+    assert gone.returncode == 2 and "job e2e was deleted; its outputs are kept" in gone.stderr
 
 
 # ------------------------------------------------------------------------------- Kubernetes: helper pod

@@ -8,6 +8,7 @@ Hugging Face folder -> delete) runs for real where a container engine runs (mark
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -127,7 +128,8 @@ def test_submit_backend_docker_trains_and_collects(tmp_path, cv_dataset):
         assert "state Succeeded" in status.stdout and "dk-worker-0" in status.stdout, status.stdout
         logs = cli("logs", "dk", "--backend", "docker", "--role", "master", env=env)
         assert "training stopped at iteration 2 (finished)" in logs.stdout and "[worker-0]" not in logs.stdout
-        assert "dk" in cli("list", "--backend", "docker", env=env).stdout
+        assert re.search(r"^dk\s+pytorchjob\s+Succeeded\s+2\s", cli("list", "--backend", "docker", env=env).stdout,
+                         re.MULTILINE)
 
         collected = cli("collect", "dk", "--backend", "docker", "--to", str(tmp_path / "model"), env=env)
         assert collected.returncode == 0, collected.stderr[-3000:]
@@ -141,5 +143,10 @@ def test_submit_backend_docker_trains_and_collects(tmp_path, cv_dataset):
     assert deleted.returncode == 0, deleted.stderr
     left = engine.run("ps", "--all", "--quiet", "--filter", "label=io.whisper-k8s.job=dk").stdout.split()
     assert left == [] and engine.run("network", "inspect", "whisper-k8s-dk", check=False).returncode != 0
-    assert not (tmp_path / "state" / "dk").exists()
+    kept = tmp_path / "state" / "dk" / "volumes" / "dk-outputs"  # the outputs claim stays (storage.keepClaims)
+    assert f"kept: outputs (claim dk-outputs): {kept}" in deleted.stdout and (kept / "checkpoints").is_dir()
     assert cli("status", "dk", "--backend", "docker", env=env).returncode == 2
+    again = cli("collect", "dk", "--backend", "docker", "--to", str(tmp_path / "again"), env=env)
+    assert again.returncode == 0 and "(Deleted, iteration 2)" in again.stdout, again.stderr[-3000:]
+    purged = cli("delete", "dk", "--backend", "docker", "--purge-outputs", env=env)
+    assert purged.returncode == 0 and not (tmp_path / "state" / "dk").exists(), purged.stderr

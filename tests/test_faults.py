@@ -203,7 +203,7 @@ def stopped(jobs):
     wait_until("the job to stop", lambda: not state.is_ours_and_alive(supervisor), timeout=STOP_GRACE + 30)
     elapsed = time.monotonic() - started
     logs = {replica: attempt_log(scheduler, "stopped", replica, 0) for replica in ("master-0", "worker-0")}
-    scheduler.cancel("stopped")  # removes the job folder; the outputs (a hostPath) stay
+    scheduler.cancel("stopped")  # removes the job; its outputs (a hostPath) stay
     return outputs, elapsed, logs
 
 

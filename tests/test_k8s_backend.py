@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import yaml
-from k8s_fake import FakeApiServer
+from k8s_fake import FakeApiServer, changed
 
 from whisper_k8s import chart
 from whisper_k8s.backends import AppRequest, JobState, get_scheduler, kubernetes_jobs
@@ -232,3 +232,88 @@ def test_real_cluster_lists_and_discovers():
     backend = KubernetesScheduler()
     assert isinstance(kubernetes_jobs.operator_served(backend.api, get_contract("pytorchjob")), bool)
     assert isinstance(backend.list(), list)
+
+
+def claim_answer(name: str, *, release: str | None, deleting: bool = False) -> dict:
+    """A GET persistentvolumeclaims answer (no recording holds one): the client's own V1PersistentVolumeClaim,
+    labelled by the chart's release when it created the claim, being deleted when helm removes it."""
+    from datetime import datetime, timezone
+
+    from kubernetes import client
+
+    labels = {"app.kubernetes.io/instance": release, "app.kubernetes.io/managed-by": "Helm"} if release else None
+    claim = client.V1PersistentVolumeClaim(
+        api_version="v1", kind="PersistentVolumeClaim",
+        metadata=client.V1ObjectMeta(name=name, namespace="default", labels=labels,
+                                     deletion_timestamp=datetime.now(timezone.utc) if deleting else None),
+        spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"]),
+        status=client.V1PersistentVolumeClaimStatus(phase="Bound"))
+    return {"status": 200, "body": client.ApiClient().sanitize_for_serialization(claim)}
+
+
+def test_delete_reports_the_claims_that_stay_and_purges_only_the_outputs_the_job_created():
+    from whisper_k8s.backends.kubernetes import claims_of
+
+    user = {"nodes": 2, "accelerator": {"type": "cpu"}, "fullnameOverride": "demo",
+            "storage": {"dataset": {"type": "existingClaim", "existingClaim": "cv11"}}}
+    contract = get_contract("pytorchjob")
+    documents = [contract.job_document(chart.render(user, "demo"))]
+    mounted = claims_of(contract, documents)
+    assert mounted == [("dataset", "cv11"), ("outputs", "demo-outputs")]
+    claims = "/api/v1/namespaces/default/persistentvolumeclaims"
+    routes = {("GET", f"{claims}/cv11"): claim_answer("cv11", release=None),
+              ("GET", f"{claims}/demo-outputs"): claim_answer("demo-outputs", release="demo")}
+    backend, fake = scheduler(routes)
+    deleted = kubernetes_jobs.kept_claims(backend.api, mounted, release="demo", purge_outputs=False)
+    assert deleted.kept == ["dataset (claim cv11 in namespace default, yours)",
+                            "outputs (claim demo-outputs in namespace default, created by the job: "
+                            "storage.keepClaims keeps it)"] and deleted.purged == []
+    assert [r[0] for r in fake.requests] == ["GET", "GET"]
+
+    routes[("DELETE", f"{claims}/demo-outputs")] = claim_answer("demo-outputs", release="demo", deleting=True)
+    backend, fake = scheduler(routes)
+    deleted = kubernetes_jobs.kept_claims(backend.api, mounted, release="demo", purge_outputs=True)
+    assert deleted.purged == ["outputs (claim demo-outputs)"] and len(deleted.kept) == 1  # never the user's cv11
+    assert ("DELETE", f"{claims}/demo-outputs", {}) in fake.requests
+
+    # storage.keepClaims=false: helm is deleting the claim, so it does not stay
+    routes[("GET", f"{claims}/demo-outputs")] = claim_answer("demo-outputs", release="demo", deleting=True)
+    backend, _ = scheduler(routes)
+    assert kubernetes_jobs.kept_claims(backend.api, mounted[1:], release="demo", purge_outputs=False).kept == []
+
+
+def restarted_master() -> dict:
+    """The recorded pod list with the running master restarted once after an OOM kill: its container status as
+    the kubelet writes it (lastState.terminated with exitCode, reason and times, restartCount 1; the fields of
+    the client's V1ContainerStateTerminated), the pending worker dropped."""
+    def restarted(body):
+        master = body["items"][0]
+        status = master["status"]["containerStatuses"][0]
+        status.update(restartCount=1, state={"running": {"startedAt": "2026-11-25T21:30:05Z"}}, lastState={
+            "terminated": {"exitCode": 137, "reason": "OOMKilled", "startedAt": "2026-11-25T21:25:41Z",
+                           "finishedAt": "2026-11-25T21:29:50Z", "containerID": status["containerID"]}})
+        body["items"] = [master]
+
+    return changed("pods_list_by_label_selector_200", restarted)
+
+
+def log_answer(*lines: str) -> dict:
+    """A pods/log answer (the recorded ones are a 500 and a 204): text, one `--timestamps` line each."""
+    return {"status": 200, "body": "".join(f"{line}\n" for line in lines)}
+
+
+def test_logs_mark_a_restart_with_why_the_previous_run_ended_and_read_its_log():
+    log = f"{PODS}/whisper-train-master-0/log"
+    backend, fake = scheduler({
+        ("GET", f"{JOBS}/whisper-train"): "pods_owner_pytorchjob_create_201",
+        ("GET", PODS): restarted_master(),
+        ("GET", f"{log}?previous=true"): log_answer("2026-11-25T21:29:40.5Z iteration 7", "2026-11-25T21:29:49Z saving"),
+        ("GET", log): log_answer("2026-11-25T21:30:06Z resuming from iteration 5", "2026-11-25T21:30:09Z iteration 6"),
+    })
+    assert list(backend.log_iter("whisper-train")) == [
+        "[master-0] iteration 7", "[master-0] saving",
+        "[master-0] --- restart 1 (previous attempt ended: exit code 137, OOMKilled) ---",
+        "[master-0] resuming from iteration 5", "[master-0] iteration 6"]
+    asked = [r[2] for r in fake.requests if r[1] == log]
+    assert asked == [{"container": "pytorch", "timestamps": "true", "previous": "true"},
+                     {"container": "pytorch", "timestamps": "true"}]

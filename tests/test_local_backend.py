@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_k8s.backends import AppRequest, get_scheduler
+from whisper_k8s.backends import AppRequest, Deleted, get_scheduler
 from whisper_k8s.backends.local_plan import rewrite_paths
 from whisper_k8s.chart import render
 from whisper_k8s.errors import UserError
@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def local_request(name, dataset, *, nodes=2, script=None, outputs=None, backoff=None, grace=None,
-                  operator="pytorchjob"):
+                  operator="pytorchjob", keep_claims=True):
     """The chart's documents for a CPU job; ``script`` replaces the trainer command (python -c)."""
-    storage = {"dataset": {"type": "hostPath", "hostPath": str(dataset)}}
+    storage = {"dataset": {"type": "hostPath", "hostPath": str(dataset)}, "keepClaims": keep_claims}
     if outputs:
         storage["outputs"] = {"type": "hostPath", "hostPath": str(outputs)}
     values = {"fullnameOverride": name, "nodes": nodes, "accelerator": {"type": "cpu"},
@@ -177,7 +177,10 @@ def test_a_failed_pytorchjob_replica_restarts_in_place_within_backoff_limit(sche
     job = json.loads((scheduler.root / "flaky" / "job.json").read_text())
     assert job["history"] == [{"replica": "worker-0", "attempt": 0, "exit_code": 3}] and job["restarts"] == 1
     lines = list(scheduler.log_iter("flaky"))
-    assert lines.count("[worker-0] attempt on rank 1") == 2  # both runs' logs are kept
+    assert lines.count("[worker-0] attempt on rank 1") == 2  # both runs' logs are kept, the restart marked between
+    worker = [line for line in lines if line.startswith("[worker-0]")]
+    assert worker == ["[worker-0] attempt on rank 1", "[worker-0] --- restart 1 (previous attempt ended: exit code 3) ---",
+                      "[worker-0] attempt on rank 1"]
     assert lines.count("[master-0] attempt on rank 0") == 1  # the master was not restarted
 
 
@@ -189,6 +192,9 @@ def test_a_failed_trainjob_node_restarts_every_node(scheduler, dataset):
     assert [(p.replica, p.restarts) for p in status.pods] == [("node-0", 1), ("node-1", 1)]
     lines = list(scheduler.log_iter("flaky-v2"))
     assert lines.count("[node-1] attempt on rank 1") == 2 and lines.count("[node-0] attempt on rank 0") == 2
+    assert "[node-1] --- restart 1 (previous attempt ended: exit code 3) ---" in lines
+    assert "[node-0] --- restart 1 (previous attempt ended: stopped: every replica restarts (node-1 exited with " \
+           "3)) ---" in lines
 
 
 def test_backoff_limit_exceeded_fails_the_job(scheduler, dataset):
@@ -229,8 +235,8 @@ def test_status_list_logs_delete_from_fresh_processes(scheduler, dataset, tmp_pa
             break
         time.sleep(0.5)
     assert seen.split() == ["Running", "2", "2"]
-    listed = in_fresh_process(scheduler.root, "print([(s.name, s.state) for s in scheduler.list()])")
-    assert "('sleeper', 'Running')" in listed
+    listed = in_fresh_process(scheduler.root, "print([(s.name, s.state, s.nodes) for s in scheduler.list()])")
+    assert "('sleeper', 'Running', 2)" in listed  # NODES in `list --local`: the plan's replicas
     logs = in_fresh_process(scheduler.root, "print('\\n'.join(scheduler.log_iter('sleeper')))")
     assert "[master-0] ready" in logs and "[worker-0] ready" in logs
     job = json.loads((scheduler.root / "sleeper" / "job.json").read_text())
@@ -239,11 +245,56 @@ def test_status_list_logs_delete_from_fresh_processes(scheduler, dataset, tmp_pa
     in_fresh_process(scheduler.root, "scheduler.cancel('sleeper')")
     # SIGTERM reached the trainer processes (they "checkpointed"), then the job and its processes are gone
     assert (outputs / "sigterm-0").read_text() == "checkpointed" and (outputs / "sigterm-1").exists()
-    assert scheduler.describe("sleeper") is None and not (scheduler.root / "sleeper").exists()
+    assert scheduler.describe("sleeper") is None
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    # the outputs are a host folder the user named: never removed, and collect still finds them
+    assert scheduler.deleted_job("sleeper") == [f"outputs (a host folder you named, never removed): {outputs}"]
+    assert scheduler.outputs_dir("sleeper") == outputs
+    assert sorted(p.name for p in (scheduler.root / "sleeper").iterdir()) == [
+        "deleted.json", "documents.yaml", "plan.json", "volumes"]
+    with pytest.raises(UserError, match="local job sleeper is deleted already; its outputs are kept"):
+        scheduler.cancel("sleeper")
+    assert scheduler.cancel("sleeper", purge_outputs=True).purged == []  # --purge-outputs spares host folders
+    assert not (scheduler.root / "sleeper").exists() and (outputs / "sigterm-0").exists()
     with pytest.raises(UserError, match="no local job sleeper"):
         scheduler.cancel("sleeper")
+
+
+COUNT_RUNS = """
+    import pathlib
+    runs = pathlib.Path("/outputs/runs.txt")
+    runs.write_text((runs.read_text() if runs.exists() else "") + "run\\n")
+    print("runs on these outputs:", len(runs.read_text().splitlines()), flush=True)
+"""
+
+
+def test_delete_keeps_the_outputs_claim_and_the_same_name_mounts_it_again(scheduler, dataset):
+    """storage.keepClaims (the default): helm uninstall keeps the claims the chart created, so delete does."""
+    scheduler.submit(local_request("keeper", dataset, nodes=1, script=COUNT_RUNS))
+    assert scheduler.wait("keeper", timeout=60, poll_seconds=0.2).state == "Succeeded"
+    outputs = scheduler.outputs_dir("keeper")
+    assert outputs == scheduler.root / "keeper" / "volumes" / "keeper-outputs"
+    deleted = scheduler.cancel("keeper")
+    assert deleted.kept == [f"outputs (claim keeper-outputs): {outputs}"] and deleted.purged == []
+    assert (outputs / "runs.txt").read_text() == "run\n" and not (scheduler.root / "keeper" / "logs").exists()
+    assert scheduler.describe("keeper") is None and scheduler.list() == []
+    assert scheduler.deleted_job("keeper") == deleted.kept and scheduler.outputs_dir("keeper") == outputs
+    # a new job of the same name mounts the kept claim again (the trainer would resume from its checkpoints)
+    scheduler.submit(local_request("keeper", dataset, nodes=1, script=COUNT_RUNS))
+    assert scheduler.wait("keeper", timeout=60, poll_seconds=0.2).state == "Succeeded"
+    assert "[master-0] runs on these outputs: 2" in list(scheduler.log_iter("keeper"))
+    assert scheduler.deleted_job("keeper") == []
+    # --purge-outputs removes the outputs claim the chart created, and with it the job's folder
+    deleted = scheduler.cancel("keeper", purge_outputs=True)
+    assert (deleted.kept, deleted.purged) == ([], [f"outputs (claim keeper-outputs): {outputs}"])
+    assert not (scheduler.root / "keeper").exists()
+
+
+def test_claims_helm_would_not_keep_go_with_the_job(scheduler, dataset):
+    scheduler.submit(local_request("unkept", dataset, nodes=1, script=COUNT_RUNS, keep_claims=False))
+    assert scheduler.wait("unkept", timeout=60, poll_seconds=0.2).state == "Succeeded"
+    assert scheduler.cancel("unkept") == Deleted() and not (scheduler.root / "unkept").exists()
 
 
 ORPHAN = """

@@ -68,3 +68,24 @@ def test_timestamps_are_parsed_to_microseconds_and_other_lines_kept_whole():
     when, text = parse_timestamped("2026-11-25T21:25:40.913149123Z loss 1.5")
     assert (when.isoformat(), text) == ("2026-11-25T21:25:40.913149+00:00", "loss 1.5")
     assert parse_timestamped("plain line with spaces") == (None, "plain line with spaces")
+
+
+def test_follow_reads_a_replicas_attempts_in_order_with_the_restart_marked():
+    """The killed attempt's last lines come before the new attempt's first line, however slow its reader."""
+    import time
+
+    killed = ReplicaRef("worker", 0, 1, "job-worker-0", "w/0")
+    again = ReplicaRef("worker", 0, 1, "job-worker-0", "w/1", attempt=1, previous_end="exit code 137, SIGKILL")
+
+    def open_stream(replica, follow):
+        if replica.instance == "w/0":
+            yield None, "step 1"
+            time.sleep(0.5)  # the new attempt is discovered meanwhile
+            yield None, "step 2"
+        else:
+            yield None, "resumed"
+
+    lines = [str(x) for x in merge_logs([[killed], [killed, again]], open_stream, follow=True)]
+    assert lines == ["[worker-0] step 1", "[worker-0] step 2",
+                     "[worker-0] --- restart 1 (previous attempt ended: exit code 137, SIGKILL) ---",
+                     "[worker-0] resumed"]

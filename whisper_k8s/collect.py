@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from whisper_k8s.atomic import atomic_directory, refuse_to_clobber
-from whisper_k8s.backends.base import JobState, Scheduler
+from whisper_k8s.backends.base import JobState, JobStatus, Scheduler
 from whisper_k8s.errors import UserError
 from whisper_k8s.formats import megatron
 
@@ -177,6 +177,8 @@ def collect(scheduler: Scheduler, name: str, dest: str | Path, *, processor: str
     from whisper_k8s.report import REPORT_MD, write_report
 
     status = scheduler.describe(name)
+    if status is None and scheduler.deleted_job(name):  # deleted, its outputs kept: they are still read
+        status = JobStatus(name=name, namespace=scheduler.namespace, backend=scheduler.name, state="Deleted")
     if status is None:
         raise UserError(f"no job {name} in namespace {scheduler.namespace} for the {scheduler.name} backend")
     if status.state == JobState.PENDING:

@@ -12,13 +12,17 @@ A backend provides:
 * ``open_stream(replica, follow)``: the lines of one replica instance, as ``(timestamp | None, text)``.
 
 A replica *instance* is what one container run writes: a restarted container or a re-created pod gets a new
-``instance`` string, which starts a new reader, so nothing of the restart is missed or read twice.
+``instance`` string, which starts a new reader, so nothing of the restart is missed or read twice. An instance
+with ``attempt`` > 0 is a restart: its lines are preceded by a marker naming the attempt and why the previous
+one ended (``--- restart 1 (previous attempt ended: exit code 137, SIGKILL) ---``), and when following, a
+replica's instances are read one after the other, so its lines stay in time order across attempts.
 """
 
 from __future__ import annotations
 
 import heapq
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -46,18 +50,56 @@ class ReplicaRef:
     name: str
     instance: str = ""
     ready: bool = True
+    attempt: int = 0
+    previous_end: str = ""  # why the attempt before this one ended (restart_marker)
+    started: datetime | None = None  # when this attempt started, where known (orders its marker)
+    previous: bool = False  # a finished earlier attempt whose log the backend keeps apart (Kubernetes)
 
     @property
     def replica(self) -> str:
         return replica_name(self.role, self.index)
 
     @property
-    def sort_key(self) -> tuple[int, str]:
-        return (self.rank, self.name)
+    def sort_key(self) -> tuple[int, int, str]:
+        return (self.rank, self.attempt, self.name)
 
 
 Line = tuple[datetime | None, str]
 StreamOpener = Callable[[ReplicaRef, bool], Iterable[Line]]
+
+
+def ended_because(exit_code: int | None, reason: str = "") -> str:
+    """Why a run ended, as a container's status says it: ``exit code 137, SIGKILL``, ``exit code 137,
+    OOMKilled`` (the runtime's reason when it is more than Error/Completed)."""
+    if exit_code is None:
+        return reason or "unknown"
+    words = [f"exit code {exit_code}"]
+    if reason and reason not in ("Error", "Completed"):
+        words.append(reason)
+    elif exit_code > 128:
+        try:
+            words.append(signal.Signals(exit_code - 128).name)
+        except ValueError:
+            pass
+    return ", ".join(words)
+
+
+def restart_marker(replica: ReplicaRef) -> str:
+    why = f" (previous attempt ended: {replica.previous_end})" if replica.previous_end else ""
+    return f"--- restart {replica.attempt}{why} ---"
+
+
+def _with_marker(replica: ReplicaRef, lines: Iterable[Line]) -> Iterator[Line]:
+    """The instance's lines, preceded by its restart marker (timed like its first line, or its start)."""
+    lines = iter(lines)
+    if replica.attempt <= 0:
+        yield from lines
+        return
+    first = next(lines, None)
+    yield (first[0] if first and first[0] else replica.started), restart_marker(replica)
+    if first is not None:
+        yield first
+        yield from lines
 
 
 def matches(replica: ReplicaRef, role: str | None, rank: int | None) -> bool:
@@ -105,7 +147,7 @@ def _snapshot(snapshots, open_stream, role, rank) -> Iterator[PodLogLine]:
     chosen = sorted((r for r in replicas if r.ready and matches(r, role, rank)), key=lambda r: r.sort_key)
     streams = []
     for order, replica in enumerate(chosen):
-        lines = [_to_log_line(replica, line) for line in open_stream(replica, False)]
+        lines = [_to_log_line(replica, line) for line in _with_marker(replica, open_stream(replica, False))]
         streams.append([((line.timestamp is None, line.timestamp or datetime.min, order, i), line)
                         for i, line in enumerate(lines)])
     if all(key[0] is False for stream in streams for key, _ in stream):
@@ -125,28 +167,36 @@ class _Follower:
         self.lines: queue.Queue[PodLogLine | BaseException | None] = queue.Queue()
         self.stop = threading.Event()
         self.started: set[tuple[str, str]] = set()
+        self.last_reader: dict[str, threading.Event] = {}  # per replica: set when its latest reader is done
         self.running = 0
         self.lock = threading.Lock()
 
     def start(self, replica: ReplicaRef) -> None:
+        """Read a new instance, after the replica's earlier instances (time order across restarts)."""
         key = (replica.name, replica.instance)
         if key in self.started:
             return
         self.started.add(key)
+        before, done = self.last_reader.get(replica.replica), threading.Event()
+        self.last_reader[replica.replica] = done
         with self.lock:
             self.running += 1
-        threading.Thread(target=self._read, args=(replica,), daemon=True,
+        threading.Thread(target=self._read, args=(replica, before, done), daemon=True,
                          name=f"logs-{replica.replica}").start()
 
-    def _read(self, replica: ReplicaRef) -> None:
+    def _read(self, replica: ReplicaRef, before: threading.Event | None, done: threading.Event) -> None:
         try:
-            for line in self.open_stream(replica, True):
+            while before is not None and not before.wait(_POLL_SECONDS):
+                if self.stop.is_set():
+                    return
+            for line in _with_marker(replica, self.open_stream(replica, not replica.previous)):
                 if self.stop.is_set():
                     return
                 self.lines.put(_to_log_line(replica, line))
         except Exception as err:  # a broken stream must not kill the other replicas' output
             self.lines.put(_to_log_line(replica, (None, f"(log stream ended: {err})")))
         finally:
+            done.set()
             with self.lock:
                 self.running -= 1
             self.lines.put(None)  # wake the consumer so it can notice the end

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from whisper_k8s import atomic, chart, goyaml
+from whisper_k8s import atomic, chart, goyaml, places
 from whisper_k8s.errors import UserError
 
 
@@ -112,9 +112,10 @@ def _argument_error(option: str, argument: str, reason: str) -> UserError:
     return UserError(f"values file {argument} is not valid YAML: {reason}")
 
 
-def default_values_path(name: str, runs_dir: Path | str = "runs") -> Path:
-    """Where submit keeps the values of job ``name`` (re-submit with ``-f`` this file)."""
-    return Path(runs_dir) / name / "values.yaml"
+def default_values_path(name: str, runs_dir: Path | str | None = None) -> Path:
+    """Where submit keeps the values of job ``name`` (re-submit with ``-f`` this file): ``runs/<name>/values.yaml``
+    (``runs``: ``$WHISPER_K8S_RUNS`` when set), beside the job's place record (whisper_k8s.places)."""
+    return Path(runs_dir or places.runs_dir()) / name / "values.yaml"
 
 
 def write_values(values: Mapping[str, Any], path: Path | str) -> Path:

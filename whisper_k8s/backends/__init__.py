@@ -9,6 +9,7 @@ from typing import Any
 
 from whisper_k8s.backends.base import (
     AppRequest,
+    Deleted,
     DryRunInfo,
     JobCondition,
     JobState,
@@ -45,6 +46,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
     "AppRequest",
+    "Deleted",
     "DryRunInfo",
     "JobCondition",
     "JobState",

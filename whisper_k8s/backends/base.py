@@ -176,6 +176,14 @@ class PodLogLine:
         return f"[{self.replica}] {self.text}"
 
 
+@dataclass
+class Deleted:
+    """What ``cancel`` left: where the kept outputs and claims are, and what ``purge_outputs`` removed."""
+
+    kept: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
+
+
 def make_handle(backend: str, namespace: str, name: str) -> str:
     """``kubernetes://default/whisper-ft``: what ``schedule`` returns and the CLI prints."""
     return f"{backend}://{namespace}/{name}"
@@ -210,6 +218,11 @@ class Scheduler(ABC):
     def schedule(self, info: DryRunInfo) -> str:
         """Carry out a dry-run result (install/upgrade, start processes); return the job handle."""
 
+    def place_flags(self) -> list[str]:
+        """The flags a printed command needs to reach this backend's jobs beyond what ``submit`` recorded in the
+        working folder (see whisper_k8s.places): none for backends whose jobs belong to that folder."""
+        return []
+
     def submit(self, request: AppRequest) -> str:
         """Dry run then schedule, so ``--dry-run`` runs the very code that builds the real request."""
         return self.schedule(self.dryrun(request))
@@ -223,8 +236,15 @@ class Scheduler(ABC):
         """Jobs of this kit in the scheduler's namespace (found by label/state folder, never by memory)."""
 
     @abstractmethod
-    def cancel(self, name: str) -> None:
-        """Stop and remove the job; raise UserError when it does not exist."""
+    def cancel(self, name: str, *, purge_outputs: bool = False) -> Deleted:
+        """Stop and remove the job, keeping its outputs as ``helm uninstall`` keeps the chart's claims (with
+        ``purge_outputs`` the outputs claim the chart created goes too; for a job deleted before, only that).
+        UserError when there is no such job."""
+
+    def deleted_job(self, name: str) -> list[str]:
+        """Where the kept outputs of the deleted job ``name`` are, one line each ([] when there are none or the
+        backend cannot tell)."""
+        return []
 
     @abstractmethod
     def log_iter(

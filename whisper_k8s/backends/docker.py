@@ -6,16 +6,18 @@ container is (name, network, volumes, security, devices, environment) is planned
 
 State lives in the engine only, as container labels (every CLI command is a fresh process): the job, its
 namespace, operator, role, index, node rank, step, and the host folders of its outputs and config.
-``delete`` removes the containers, the network and the job's folder (``collect`` first what you want).
+``delete`` removes the containers, the network and the job's folder except the claims a cluster keeps
+(:mod:`whisper_k8s.backends.kept_outputs`: the outputs stay, ``collect`` still reads them, a new job of the
+same name resumes from them).
 The engine is ``docker`` (or ``$WHISPER_K8S_CONTAINER_ENGINE``, e.g. ``podman``; its CLI is the same here).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,8 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from whisper_k8s import places
+from whisper_k8s.backends import kept_outputs
 from whisper_k8s.backends.base import (
     AppRequest,
+    Deleted,
     DryRunInfo,
     JobCondition,
     JobState,
@@ -41,6 +46,7 @@ from whisper_k8s.operators import DEFAULT_OPERATOR, RestartRule, get_contract, r
 ENGINE_ENV = "WHISPER_K8S_CONTAINER_ENGINE"
 STATE_ENV = "WHISPER_K8S_DOCKER_STATE"
 DEFAULT_STATE_ROOT = Path("runs") / "docker"
+KEPT_LABELS = "folders.json"  # a deleted job's outputs/config host folders (its containers' labels are gone)
 _POLL_SECONDS = 1.0
 
 
@@ -93,8 +99,10 @@ class DockerScheduler(Scheduler):
         plan = info.extra["plan"]
         if self._containers(plan["name"]):
             raise UserError(f"docker job {plan['name']} already exists: delete it first with "
-                            f"`python -m whisper_k8s delete {plan['name']} --backend docker` (collect before)")
+                            f"`{places.command('delete', plan['name'], flags=['--backend', 'docker'])}` (its "
+                            "outputs are kept)")
         self._prepare_folders(plan)
+        kept_outputs.forget_deleted(Path(plan["job_path"]))
         network = plan["network"]
         if self._run("network", "inspect", network, check=False).returncode != 0:
             self._run("network", "create", "--label", f"{LABEL}job={plan['name']}", network)
@@ -159,20 +167,35 @@ class DockerScheduler(Scheduler):
             by_job.setdefault(_labels(container)["job"], []).append(container)
         return [job_status(job, self.namespace, found) for job, found in sorted(by_job.items())]
 
-    def cancel(self, name: str) -> None:
+    def cancel(self, name: str, *, purge_outputs: bool = False) -> Deleted:
         """Stop the containers (SIGTERM, the pods' grace period, SIGKILL), remove them, the network and the
-        job's folder."""
+        job's folder except the claims a cluster keeps; return where the kept outputs are."""
         containers = self._containers(name)
+        job_path = self.root / name
+        if not containers and kept_outputs.read_deleted(job_path):
+            if purge_outputs:
+                return kept_outputs.purge_deleted(job_path)
+            raise UserError(f"docker job {name} is deleted already; its outputs are kept in {job_path}: `"
+                            + places.command("delete", name, "--purge-outputs", flags=["--backend", "docker"])
+                            + "` removes them")
         if not containers:
-            raise UserError(f"no docker job {name} in namespace {self.namespace} (see `python -m whisper_k8s "
-                            "list --backend docker`)")
+            raise UserError(f"no docker job {name} in namespace {self.namespace} (see `"
+                            f"{places.command('list', flags=['--backend', 'docker'])}`)")
         ids = [c["Id"] for c in containers]
         self._run("stop", "--time", "30", *ids, timeout=None, check=False)
         self._run("rm", "--force", *ids)
         self._run("network", "rm", network_name(name), check=False)
-        job_path = self.root / name
-        if job_path.is_dir():
-            shutil.rmtree(job_path)
+        labels = _labels(containers[0])
+        if not job_path.is_dir():
+            job_path.mkdir(parents=True)  # host folders only: the record of what stays goes here
+        (job_path / KEPT_LABELS).write_text(json.dumps({k: labels[k] for k in ("outputs", "config") if k in labels}))
+        return kept_outputs.delete_job_folder(job_path, json.loads(labels.get("claims", "[]")),
+                                              outputs=labels.get("outputs"), config=labels.get("config"),
+                                              purge_outputs=purge_outputs,
+                                              keep_files=(KEPT_LABELS,))
+
+    def deleted_job(self, name: str) -> list[str]:
+        return (kept_outputs.read_deleted(self.root / name) or {}).get("kept", [])
 
     # ----------------------------------------------------------------------------------------- logs
     def log_iter(self, name: str, *, follow: bool = False, since: float | None = None,
@@ -185,44 +208,56 @@ class DockerScheduler(Scheduler):
         def open_stream(replica: ReplicaRef, following: bool) -> Iterator[tuple[datetime | None, str]]:
             container, started = replica.instance.split("/", 1)[0], replica.instance.split("@", 1)[-1]
             argv = [self.engine, "logs", "--timestamps"] + (["--follow"] if following else [])
-            if since is not None:
+            if replica.previous:  # the attempts before a restart: the engine keeps one log per container
+                argv += ["--until", started]
+            elif since is not None:
                 argv += ["--since", f"{int(since)}s"]
-            elif "/0@" not in replica.instance:  # a restarted container: only this run's lines
+            elif replica.attempt:  # a restarted container: only this run's lines
                 argv += ["--since", started]
             yield from _stream_lines([*argv, container])
 
         for line in merge_logs(snapshots, open_stream, follow=follow, role=role, rank=rank):
             yield str(line)
 
-    def _refs(self, name: str) -> list[ReplicaRef]:
+    def _refs(self, name: str, earlier: bool = True) -> list[ReplicaRef]:
+        """Each container's current run (init containers first); after a restart, with ``earlier``, also the
+        runs before it (the engine does not keep why they ended)."""
         refs = []
-        for container in self._containers(name):
+        containers = sorted(self._containers(name), key=lambda c: (_labels(c)["step"] == "main", c.get("Created", "")))
+        for container in containers:
             labels, state = _labels(container), container["State"]
-            refs.append(ReplicaRef(role=labels["role"], index=int(labels["index"]), rank=int(labels["node-rank"]),
-                                   name=labels["pod"],
-                                   instance=f"{container['Id']}/{container.get('RestartCount', 0)}"
-                                            f"@{state.get('StartedAt', '')}",
-                                   ready=state.get("Status") != "created"))
+            restarts, started = int(container.get("RestartCount") or 0), state.get("StartedAt", "")
+            current = ReplicaRef(role=labels["role"], index=int(labels["index"]), rank=int(labels["node-rank"]),
+                                 name=labels["pod"], instance=f"{container['Id']}/{restarts}@{started}",
+                                 ready=state.get("Status") != "created", attempt=restarts, started=_time(started))
+            if restarts and earlier:
+                refs.append(dataclasses.replace(current, instance=f"{container['Id']}/before@{started}", attempt=0,
+                                                previous=True))
+            refs.append(current)
         return refs
 
     def _snapshots(self, name: str) -> Iterator[list[ReplicaRef]]:
+        first = True
         while True:
             status = self.describe(name)
-            yield self._refs(name)
+            yield self._refs(name, earlier=first)  # later restarts: the running readers saw the earlier runs
+            first = False
             if status is None or status.is_terminal:
                 return
             time.sleep(_POLL_SECONDS)
 
     # ----------------------------------------------------------------------------------------- outputs
     def _job_folder(self, name: str, key: str) -> Path | None:
-        for container in self._containers(name):
-            folder = _labels(container).get(key)
-            if folder:
-                return Path(folder)
-        return None
+        """A host folder the job's containers mount (``outputs``, ``config``), also of a deleted job whose
+        outputs were kept."""
+        labels = [_labels(container) for container in self._containers(name)]
+        if not labels and kept_outputs.read_deleted(self.root / name):
+            labels = [json.loads((self.root / name / KEPT_LABELS).read_text())]
+        folder = next((label[key] for label in labels if label.get(key)), None)
+        return Path(folder) if folder else None
 
     def outputs_dir(self, name: str) -> Path:
-        if not self._containers(name):
+        if not self._containers(name) and not kept_outputs.read_deleted(self.root / name):
             raise UserError(f"no docker job {name} in namespace {self.namespace}")
         folder = self._job_folder(name, "outputs")
         if folder is None:

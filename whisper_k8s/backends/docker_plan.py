@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_k8s.backends.local_plan import (
+    claim_volumes,
     config_map_files,
     container_env,
     expand_references,
@@ -158,12 +159,15 @@ def restart_arguments(policy: str, rule: RestartRule) -> list[str]:
     return ["--restart", "always"] if policy == "Always" else []
 
 
-def container_labels(job: OperatorJob, replica: Replica, step: str, volumes: dict[str, str]) -> dict[str, str]:
-    """What ``status``/``logs``/``collect``/``delete`` read back (never process memory)."""
+def container_labels(job: OperatorJob, replica: Replica, step: str, volumes: dict[str, str],
+                     claims: list[dict[str, Any]]) -> dict[str, str]:
+    """What ``status``/``logs``/``collect``/``delete`` read back (never process memory); ``claims``: the
+    job's claim folders and which of them ``delete`` keeps (whisper_k8s.backends.kept_outputs)."""
     labels = {
         "job": job.name, "namespace": job.namespace, "operator": job.operator, "pod": replica.pod_name,
         "role": replica.role, "index": str(replica.index), "node-rank": str(replica.node_rank), "step": step,
         "restart": json.dumps(dataclasses.asdict(job.restart), separators=(",", ":")),
+        "claims": json.dumps(claims, separators=(",", ":")),
     }
     labels.update({name: volumes[path] for name, path in (("outputs", OUTPUTS_MOUNT), ("config", CONFIG_MOUNT))
                    if path in volumes})
@@ -182,7 +186,8 @@ def run_arguments(container: dict[str, Any], replica: Replica, job: OperatorJob,
     env = container_env(container, {} if init else replica.env, replica, job.namespace, documents, {})
     argv = ["run", "--detach", "--name", name, "--hostname", pod, "--network", network_name(job.name),
             "--network-alias", pod]
-    for key, value in {**replica.labels, **container_labels(job, replica, step, volumes)}.items():
+    claims = claim_volumes(job, documents, job_path)
+    for key, value in {**replica.labels, **container_labels(job, replica, step, volumes, claims)}.items():
         argv += ["--label", f"{key}={value}"]
     argv += security_arguments(spec, container) + mounts
     if not init:

@@ -21,10 +21,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from whisper_k8s import places
 from whisper_k8s.backends import kubernetes_jobs as jobs
-from whisper_k8s.backends.base import AppRequest, DryRunInfo, JobState, JobStatus, Scheduler, make_handle
+from whisper_k8s.backends.base import (
+    AppRequest,
+    Deleted,
+    DryRunInfo,
+    JobState,
+    JobStatus,
+    Scheduler,
+    make_handle,
+)
 from whisper_k8s.backends.kubernetes_api import ClusterApi
 from whisper_k8s.backends.kubernetes_helm import ReleaseNotFound, cluster_flags, run_helm
+from whisper_k8s.backends.kubernetes_hints import claims
 from whisper_k8s.backends.kubernetes_logs import log_iter
 from whisper_k8s.backends.kubernetes_pods import describe, job_status
 from whisper_k8s.chart import chart_dir, helm_binary
@@ -44,6 +54,10 @@ class KubernetesScheduler(Scheduler):
         self.kubeconfig, self.context = kubeconfig, context
         self._helm = helm
         self.poll_seconds = poll_seconds
+
+    def place_flags(self) -> list[str]:
+        """``-n``/``--kubeconfig``/``--context`` as given: a cluster's jobs are reached from any folder."""
+        return self.api.flags
 
     # ------------------------------------------------------------------------------------------ submit
     def choose_operator(self, requested: str | None = None) -> str:
@@ -89,10 +103,12 @@ class KubernetesScheduler(Scheduler):
         job = jobs.get_job(self.api, contract, name)
         if job is not None and (state := contract.state(job)) in JobState.TERMINAL:
             raise UserError(f"job {self.namespace}/{name} already finished ({state}): collect its outputs, "
-                            f"then `python -m whisper_k8s delete {name}` or submit with another --name")
+                            f"then `{places.command('delete', name, flags=self.place_flags())}` or submit with "
+                            "another --name")
 
     def _helm_run(self, args: list[str], release: str) -> str:
-        return run_helm(args, release=release, namespace=self.namespace, cluster=self.api.cluster)
+        return run_helm(args, release=release, namespace=self.namespace, cluster=self.api.cluster,
+                        flags=self.place_flags())
 
     # ------------------------------------------------------------------------------------------ read back
     def describe(self, name: str, operator: str | None = None) -> JobStatus | None:
@@ -110,22 +126,29 @@ class KubernetesScheduler(Scheduler):
         yield from log_iter(self.api, contract, name, follow=follow, since=since, role=role, rank=rank)
 
     # ------------------------------------------------------------------------------------------ delete
-    def cancel(self, name: str, operator: str | None = None, timeout: float = 120.0) -> None:
+    def cancel(self, name: str, *, purge_outputs: bool = False, operator: str | None = None,
+               timeout: float = 120.0) -> Deleted:
         """helm uninstall; a job applied without helm (manifests/) is deleted directly; then verify it is gone.
 
         A job's runtime that the release created (a TrainJob's TrainingRuntime, a helm hook that `helm
-        uninstall` leaves behind) is deleted too.
+        uninstall` leaves behind) is deleted too. The claims the job mounted stay when helm keeps them
+        (``storage.keepClaims``, the default) or the user named them; with ``purge_outputs`` the outputs claim
+        the release created goes too.
         """
         found = jobs.find_job(self.api, name, operator)
+        mounted = claims_of(found[0], self._documents(*found)) if found else [("outputs", outputs_claim(name))]
         uninstalled = self._helm_uninstall(name)
-        if found is None:
-            if not uninstalled:
-                raise UserError(f"no job {name} in namespace {self.namespace} (see `python -m whisper_k8s list`)")
-            return
-        contract, job = found
-        runtime = jobs.get_runtime(self.api, contract, job)
-        jobs.delete_job(self.api, contract, name, timeout=timeout, poll_seconds=self.poll_seconds)
-        jobs.delete_runtime_if_ours(self.api, contract, runtime, name)
+        if found is not None:
+            contract, job = found
+            runtime = jobs.get_runtime(self.api, contract, job)
+            jobs.delete_job(self.api, contract, name, timeout=timeout, poll_seconds=self.poll_seconds)
+            jobs.delete_runtime_if_ours(self.api, contract, runtime, name)
+        deleted = jobs.kept_claims(self.api, mounted, release=name, purge_outputs=purge_outputs)
+        if found is None and not uninstalled and not deleted.purged:
+            raise UserError(f"no job {name} in namespace {self.namespace} (see "
+                            f"`{places.command('list', flags=self.place_flags())}`)"
+                            + (f"; claims kept from it: {'; '.join(deleted.kept)}" if deleted.kept else ""))
+        return deleted
 
     def _helm_uninstall(self, name: str) -> bool:
         """Uninstall the release; False when helm has no release of that name."""
@@ -142,11 +165,28 @@ class KubernetesScheduler(Scheduler):
         from whisper_k8s.backends import kubernetes_fetch
 
         contract, job = jobs.require_job(self.api, name)
-        documents = [job]
-        if contract.runtime_name(job) is not None:
-            runtime = jobs.get_runtime(self.api, contract, job)
-            if runtime is None:
-                raise UserError(f"the {contract.kind} {name} runs on {contract.runtime_name(job)}, which is gone "
-                                f"from namespace {self.namespace}: its pod spec (the outputs volume) cannot be read")
-            documents.append(runtime)
-        return kubernetes_fetch.fetch_outputs(self.api, documents, Path(dest), operator=contract.name)
+        return kubernetes_fetch.fetch_outputs(self.api, self._documents(contract, job), Path(dest),
+                                              operator=contract.name)
+
+    def _documents(self, contract: OperatorContract, job: dict[str, Any]) -> list[dict[str, Any]]:
+        """The job object, and the runtime that holds its pod spec (a TrainJob's)."""
+        if contract.runtime_name(job) is None:
+            return [job]
+        runtime = jobs.get_runtime(self.api, contract, job)
+        if runtime is None:
+            raise UserError(f"the {contract.kind} {job['metadata']['name']} runs on {contract.runtime_name(job)}, "
+                            f"which is gone from namespace {self.namespace}: its pod spec cannot be read")
+        return [job, runtime]
+
+
+def claims_of(contract: OperatorContract, documents: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(volume, claim) of each PersistentVolumeClaim the job's pods mount (the volume is the chart's storage key)."""
+    found: dict[str, str] = {}
+    for replica in contract.read_job(documents).replicas:
+        found.update({claim: volume for volume, claim in claims({"spec": replica.pod_spec})})
+    return [(volume, claim) for claim, volume in found.items()]
+
+
+def outputs_claim(release: str) -> str:
+    """The outputs claim the chart creates for a release (helm/templates/_helpers.tpl, whisper.claimName)."""
+    return f"{release}-outputs"[:63].rstrip("-")

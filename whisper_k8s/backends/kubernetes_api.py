@@ -22,6 +22,7 @@ from typing import Any
 from whisper_k8s.backends.kubernetes_rbac import RBAC_ROLE, REQUIRED_PERMISSIONS
 from whisper_k8s.errors import ClusterError
 from whisper_k8s.operators import all_contracts
+from whisper_k8s.places import command, namespace_flags
 
 # (connect, read) seconds for ordinary calls; watches and log follows use server-side timeouts instead.
 REQUEST_TIMEOUT = (5, 30)
@@ -108,6 +109,7 @@ class ClusterApi:
                  context: str | None = None) -> None:
         self.namespace = namespace
         self.kubeconfig, self.context = kubeconfig, context
+        self.flags = namespace_flags(namespace, kubeconfig, context)  # what a printed command needs to get here
         self._client = api_client
 
     @property
@@ -205,12 +207,12 @@ class ClusterApi:
             return NotServed(f"{where}the API for {access.what} is not served by this cluster (CRD not "
                              f"installed): {hint}")
         if err.status == 404:
-            return ClusterError(f"{where}{target} failed: not found {status}; see `python -m whisper_k8s list` "
-                                f"({message})")
+            return ClusterError(f"{where}{target} failed: not found {status}; see "
+                                f"`{command('list', flags=self.flags)}` ({message})")
         if err.status == 409:
             return ClusterError(f"{where}{access.what} {access.name} already exists in namespace "
                                 f"{self.namespace}: submit again with the same --name to upgrade it, or "
-                                f"`python -m whisper_k8s delete {access.name}` first ({message})")
+                                f"`{command('delete', access.name, flags=self.flags)}` first ({message})")
         if err.status in (400, 422):
             return ClusterError(f"{where}the API server refused {target} {status}: {message}. Fix the field "
                                 "it names (in the values or the chart)")

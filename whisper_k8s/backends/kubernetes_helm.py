@@ -7,10 +7,12 @@ Helm talks to the cluster itself, so its failures get the same treatment as the 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 
 from whisper_k8s.backends.kubernetes_api import REACH_FIX
 from whisper_k8s.backends.kubernetes_rbac import RBAC_ROLE
 from whisper_k8s.errors import ClusterError, UserError
+from whisper_k8s.places import command
 
 HELM_TIMEOUT_SECONDS = 600
 
@@ -31,7 +33,7 @@ def helm_error(stderr: str) -> str:
     return " ".join(chosen.removeprefix("Error:").split())
 
 
-def run_helm(args: list[str], *, release: str, namespace: str, cluster: str) -> str:
+def run_helm(args: list[str], *, release: str, namespace: str, cluster: str, flags: Sequence[str] = ()) -> str:
     """Run ``args`` (a helm command line); its stdout, or one-line errors as ClusterError/UserError."""
     action = " ".join(args[1:3]) if args[1:2] == ["upgrade"] else args[1]
     try:
@@ -60,7 +62,7 @@ def run_helm(args: list[str], *, release: str, namespace: str, cluster: str) -> 
                            f"namespace {namespace}")
     if "exists and cannot be imported" in lowered or "already exists" in lowered:
         raise ClusterError(f"{where}: an object of job {release} exists outside this release ({error}): "
-                           f"`python -m whisper_k8s delete {release}` or choose another --name")
+                           f"`{command('delete', release, flags=flags)}` or choose another --name")
     if "timeout" in lowered or "deadline exceeded" in lowered:
         raise ClusterError(f"{where}: the API server did not answer in time ({error}): check the network to "
                            "the cluster, then retry")

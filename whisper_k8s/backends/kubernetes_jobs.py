@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from whisper_k8s.backends.base import Deleted
 from whisper_k8s.backends.kubernetes_api import Access, ClusterApi, NotServed
 from whisper_k8s.errors import ClusterError, UserError
 from whisper_k8s.operators import JobState, OperatorContract, all_contracts, get_contract
+from whisper_k8s.places import command
 
 INSTANCE_LABEL = "app.kubernetes.io/instance"  # the chart's release label on every object it renders
 # Objects of this kit carry the chart's part-of label; `list` selects on it.
@@ -83,7 +85,7 @@ def find_job(api: ClusterApi, name: str, operator: str | None = None) -> Found |
 def require_job(api: ClusterApi, name: str, operator: str | None = None) -> Found:
     found = find_job(api, name, operator)
     if found is None:
-        raise UserError(f"no job {name} in namespace {api.namespace} (see `python -m whisper_k8s list`)")
+        raise UserError(f"no job {name} in namespace {api.namespace} (see `{command('list', flags=api.flags)}`)")
     return found
 
 
@@ -147,3 +149,25 @@ def job_ended(api: ClusterApi, contract: OperatorContract, name: str) -> bool:
     """Whether the job is gone or has finished (a log follow stops then)."""
     job = get_job(api, contract, name)
     return job is None or contract.state(job) in JobState.TERMINAL
+
+
+def kept_claims(api: ClusterApi, mounted: list[tuple[str, str]], *, release: str, purge_outputs: bool) -> Deleted:
+    """Which of a deleted job's claims (volume, claim) still exist, one line each; with ``purge_outputs`` the
+    outputs claim goes first when the release created it (its instance label), never a claim the user named.
+    A claim helm is deleting (``storage.keepClaims=false``) has a deletionTimestamp and is not kept."""
+    deleted = Deleted()
+    for volume, name in mounted:
+        access = Access("", "persistentvolumeclaims", "get", name)
+        claim = api.call(access, api.core().read_namespaced_persistent_volume_claim, name, api.namespace,
+                         missing_ok=True)
+        if claim is None or claim["metadata"].get("deletionTimestamp"):
+            continue
+        ours = (claim["metadata"].get("labels") or {}).get(INSTANCE_LABEL) == release
+        if purge_outputs and volume == "outputs" and ours:
+            api.call(Access("", "persistentvolumeclaims", "delete", name),
+                     api.core().delete_namespaced_persistent_volume_claim, name, api.namespace, missing_ok=True)
+            deleted.purged.append(f"{volume} (claim {name})")
+            continue
+        deleted.kept.append(f"{volume} (claim {name} in namespace {api.namespace}"
+                            + (", created by the job: storage.keepClaims keeps it" if ours else ", yours") + ")")
+    return deleted

@@ -1,8 +1,8 @@
 """A job's state and its pods as ``status`` shows them: conditions, each replica's phase, and why it is stuck.
 
 The operator contract says which pods belong to a job (its label selector) and which replica each pod is
-(role, index, node rank from the pod's labels); this module reads them with the job's events and turns the
-common ways a replica gets stuck into a fix.
+(role, index, node rank from the pod's labels); this module reads them with the job's events, and
+:mod:`kubernetes_hints` turns the common ways a replica gets stuck into a fix.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from whisper_k8s.backends.base import JobCondition, JobStatus, PodStatus
 from whisper_k8s.backends.kubernetes_api import Access, ClusterApi
+from whisper_k8s.backends.kubernetes_hints import pod_fixes
 from whisper_k8s.operators import OperatorContract
 
 _STARTING = (None, "ContainerCreating", "PodInitializing")
@@ -90,23 +91,11 @@ def pod_status(api: ClusterApi, contract: OperatorContract, pod: dict[str, Any])
                      reason=reason, message=message)
 
 
-def hint(pod: PodStatus) -> str:
-    """The fix for the common ways a replica gets stuck."""
-    if "Insufficient" in pod.message:
-        resource = pod.message.split("Insufficient", 1)[1].split()[0].rstrip(".,")
-        return (f"{pod.replica} cannot be scheduled: no node has enough free {resource}. Lower "
-                f"--npus-per-node, free devices, or check `kubectl describe nodes` for {resource}")
-    if pod.reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
-        return (f"{pod.replica} cannot pull its image ({pod.reason}): check --image / image.* values, the "
-                f"registry, and imagePullSecrets")
-    if pod.reason == "CrashLoopBackOff":
-        return f"{pod.replica} keeps crashing: see `python -m whisper_k8s logs <job> --role {pod.role}`"
-    return ""
-
-
 def describe(api: ClusterApi, contract: OperatorContract, job: dict[str, Any]) -> JobStatus:
     """The job with its pods and the fixes worth showing."""
     status = job_status(contract, job, api.namespace)
-    status.pods = [pod_status(api, contract, pod) for pod in list_pods(api, contract, status.name)]
-    status.problems = [fix for pod in status.pods if (fix := hint(pod))]
+    pods = list_pods(api, contract, status.name)
+    status.pods = [pod_status(api, contract, pod) for pod in pods]
+    status.problems = [fix for seen, pod in zip(status.pods, pods, strict=True)
+                       for fix in pod_fixes(seen, pod, status.name, api.namespace, api.flags)]
     return status

@@ -48,11 +48,11 @@ REQUIRED_PERMISSIONS: dict[tuple[str, str, str], str] = {
     ("", "secrets", "create"): "helm: release records",
     ("", "secrets", "update"): "helm: release records",
     ("", "secrets", "delete"): "helm: uninstall removes release records",
-    ("", "persistentvolumeclaims", "get"): "helm: dataset/models/outputs claims the chart creates",
+    ("", "persistentvolumeclaims", "get"): "helm: dataset/models/outputs claims the chart creates; delete: which stay",
     ("", "persistentvolumeclaims", "create"): "helm",
     ("", "persistentvolumeclaims", "patch"): "helm",
     ("", "persistentvolumeclaims", "update"): "helm",
-    ("", "persistentvolumeclaims", "delete"): "helm",
+    ("", "persistentvolumeclaims", "delete"): "helm; delete --purge-outputs: the outputs claim",
     **{(group, "podgroups", verb): "helm: the gang-scheduling PodGroup (scheduling.gang volcano/coscheduling)"
        for group in ("scheduling.volcano.sh", "scheduling.x-k8s.io")
        for verb in ("get", "create", "patch", "update", "delete")},

@@ -9,7 +9,8 @@ its state folder (:mod:`whisper_k8s.backends.local_state`), so ``status``, ``log
 
 Deleting a job sends SIGTERM to the supervisor, which forwards it to every replica's process group (the
 trainer writes a checkpoint), waits the pod's grace period, SIGKILLs what is left, and then the job's folder
-(volumes included) is removed: ``collect`` first what you want to keep.
+is removed except the claims a cluster keeps (:mod:`whisper_k8s.backends.kept_outputs`): the outputs stay,
+``collect`` still reads them and a new job of the same name resumes from them.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from whisper_k8s import places
+from whisper_k8s.backends import kept_outputs
 from whisper_k8s.backends import local_state as state
 from whisper_k8s.backends.base import (
     AppRequest,
+    Deleted,
     DryRunInfo,
     JobCondition,
     JobState,
@@ -69,19 +73,22 @@ class LocalScheduler(Scheduler):
 
     def schedule(self, info: DryRunInfo) -> str:
         plan, job_path = info.extra["plan"], Path(info.extra["job_path"])
-        if job_path.exists():
+        if job_path.exists() and not kept_outputs.read_deleted(job_path):
             existing = self.describe(plan["name"])
             raise UserError(
                 f"local job {plan['name']} already exists ({existing.state if existing else 'incomplete'}) in "
-                f"{job_path}: delete it first "
-                f"with `python -m whisper_k8s delete {plan['name']} --local` (collect its outputs before)"
+                f"{job_path}: delete it first with `{places.command('delete', plan['name'], flags=['--local'])}`"
+                " (its outputs are kept)"
             )
-        job_path.mkdir(parents=True)
+        resumed = job_path.exists()  # a deleted job's kept claims: the new job mounts them again
+        job_path.mkdir(parents=True, exist_ok=True)
         try:
             self._prepare(plan, job_path, info.documents)
+            kept_outputs.forget_deleted(job_path)
             supervisor = self._start_supervisor(job_path)
         except BaseException:
-            shutil.rmtree(job_path, ignore_errors=True)  # no half-created job left behind
+            if not resumed:
+                shutil.rmtree(job_path, ignore_errors=True)  # no half-created job left behind
             raise
         state.write_json(job_path / state.SUPERVISOR_FILE, state.process_record(supervisor.pid))
         return make_handle(self.name, plan["namespace"], plan["name"])
@@ -89,7 +96,7 @@ class LocalScheduler(Scheduler):
     def _prepare(self, plan: dict[str, Any], job_path: Path, documents: list[dict[str, Any]]) -> None:
         """The job folder: volume folders, the ConfigMap files, the rendered documents, plan and state."""
         for folder in ("logs", "volumes", "work"):
-            (job_path / folder).mkdir()
+            (job_path / folder).mkdir(exist_ok=True)
         for local in map(Path, plan["folders"]):
             if not local.exists():
                 local.mkdir(parents=True)
@@ -125,7 +132,7 @@ class LocalScheduler(Scheduler):
     def _require(self, name: str) -> dict[str, Any]:
         job = self._job(name)
         if job is None:
-            raise UserError(f"no local job {name} in {self.root} (see `python -m whisper_k8s list --local`)")
+            raise UserError(f"no local job {name} in {self.root} (see `{places.command('list', flags=['--local'])}`)")
         return job
 
     def describe(self, name: str) -> JobStatus | None:
@@ -146,10 +153,12 @@ class LocalScheduler(Scheduler):
                                 f"(see {job_path / state.SUPERVISOR_LOG})")
         if phase == JobState.FAILED and job.get("message"):
             problems.append(job["message"])
+        plan = state.read_json(job_path / state.PLAN_FILE) or {}
         return JobStatus(
             name=job["name"], namespace=job["namespace"], backend=self.name, state=phase,
             conditions=_conditions(job, phase), pods=[_pod_status(r) for r in job["replicas"].values()],
             problems=problems, created=state.parse_time(job["created"]), operator=job["operator"],
+            nodes=len(plan.get("replicas", [])) or None,
         )
 
     def list(self) -> list[JobStatus]:
@@ -159,14 +168,20 @@ class LocalScheduler(Scheduler):
         return [self._status(job) for job in jobs if job is not None]
 
     # ------------------------------------------------------------------------------------------ delete
-    def cancel(self, name: str) -> None:
-        """Stop the job like a pod deletion (SIGTERM, grace period, SIGKILL), then remove its folder."""
-        self._require(name)
+    def cancel(self, name: str, *, purge_outputs: bool = False) -> Deleted:
+        """Stop the job like a pod deletion (SIGTERM, grace period, SIGKILL), then remove its folder except the
+        claims a cluster keeps (see whisper_k8s.backends.kept_outputs); return where the kept outputs are."""
         job_path = state.job_dir(self.root, name)
+        if not state.job_exists(self.root, name) and kept_outputs.read_deleted(job_path):
+            if purge_outputs:
+                return kept_outputs.purge_deleted(job_path)
+            raise UserError(f"local job {name} is deleted already; its outputs are kept in {job_path}: "
+                            f"`{places.command('delete', name, '--purge-outputs', flags=['--local'])}` removes them")
+        self._require(name)
         supervisor = state.read_json(job_path / state.SUPERVISOR_FILE)
+        plan = state.read_json(job_path / state.PLAN_FILE) or {}
         if state.is_ours_and_alive(supervisor):
             os.kill(supervisor["pid"], signal.SIGTERM)
-            plan = state.read_json(job_path / state.PLAN_FILE) or {}
             deadline = time.monotonic() + plan.get("grace_seconds", 30) + _EXTRA_WAIT_SECONDS
             while state.is_ours_and_alive(supervisor) and time.monotonic() < deadline:
                 time.sleep(_POLL_SECONDS)
@@ -176,7 +191,13 @@ class LocalScheduler(Scheduler):
                 os.killpg(replica["process"]["pid"], signal.SIGKILL)
         if state.is_ours_and_alive(supervisor):
             os.kill(supervisor["pid"], signal.SIGKILL)
-        shutil.rmtree(job_path)
+        return kept_outputs.delete_job_folder(
+            job_path, plan.get("claims", []), outputs=plan.get("mounts", {}).get(OUTPUTS_MOUNT),
+            config=plan.get("mounts", {}).get(CONFIG_MOUNT), purge_outputs=purge_outputs,
+            keep_files=(state.PLAN_FILE, state.DOCUMENTS_FILE))
+
+    def deleted_job(self, name: str) -> list[str]:
+        return (kept_outputs.read_deleted(state.job_dir(self.root, name)) or {}).get("kept", [])
 
     def replica_processes(self, name: str, replica_name: str) -> list[int]:
         """The live processes of one replica (``master-0``): its main process (the chart's launch wrapper),
@@ -215,11 +236,13 @@ class LocalScheduler(Scheduler):
         oldest = None if since is None else time.time() - since
         refs = []
         for replica_name, replica in job["replicas"].items():
+            why = {entry["attempt"]: entry["why"] for entry in replica.get("ended", [])}
             for attempt in range(replica["attempt"] + 1):
                 log = state.log_file(job_path, replica_name, attempt)
                 if log.is_file() and (oldest is None or log.stat().st_mtime >= oldest):
                     refs.append(ReplicaRef(role=replica["role"], index=replica["index"], rank=replica["node_rank"],
-                                           name=replica["pod"], instance=f"{replica_name}/{attempt}"))
+                                           name=replica["pod"], instance=f"{replica_name}/{attempt}",
+                                           attempt=attempt, previous_end=why.get(attempt - 1, "")))
         return refs
 
     def _snapshots(self, name: str, since: float | None) -> Iterator[list[ReplicaRef]]:
@@ -239,17 +262,22 @@ class LocalScheduler(Scheduler):
         return replica.get("attempt", 0) > attempt or replica.get("phase") in JobState.TERMINAL
 
     # ------------------------------------------------------------------------------------------ outputs
+    def _plan(self, name: str) -> dict[str, Any]:
+        """The plan of a job, or of a deleted job whose outputs were kept."""
+        job_path = state.job_dir(self.root, name)
+        if not kept_outputs.read_deleted(job_path):
+            self._require(name)
+        return state.read_json(job_path / state.PLAN_FILE) or {}
+
     def outputs_dir(self, name: str) -> Path:
         """The local folder standing in for the job's outputs volume (mounted at /outputs)."""
-        self._require(name)
-        plan = state.read_json(state.job_dir(self.root, name) / state.PLAN_FILE) or {}
+        plan = self._plan(name)
         if OUTPUTS_MOUNT not in plan.get("mounts", {}):
             raise UserError(f"local job {name} mounts no volume at {OUTPUTS_MOUNT}: nothing to collect")
         return Path(plan["mounts"][OUTPUTS_MOUNT])
 
     def config_dir(self, name: str) -> Path | None:
-        plan = state.read_json(state.job_dir(self.root, name) / state.PLAN_FILE) or {}
-        local = plan.get("mounts", {}).get(CONFIG_MOUNT)
+        local = self._plan(name).get("mounts", {}).get(CONFIG_MOUNT)
         return Path(local) if local else None
 
     def fetch_outputs(self, name: str, dest: Path) -> Path:

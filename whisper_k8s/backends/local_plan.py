@@ -40,6 +40,7 @@ DEFAULT_GRACE_SECONDS = 30
 # Used when the job sets no restart limit (the operator would then restart forever).
 DEFAULT_LOCAL_BACKOFF = 3
 _HOST_MOUNTS = ("/dev/shm", "/tmp")
+KEEP_ANNOTATION = "helm.sh/resource-policy"  # on the chart's claims when storage.keepClaims (helm uninstall keeps them)
 _VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
 
@@ -117,6 +118,26 @@ def config_map_files(documents: list[dict[str, Any]], job: OperatorJob, job_path
             for item in items:
                 files[str(folder / item["path"])] = rewrite_paths(data[item["key"]], mounts)
     return files
+
+
+def claim_volumes(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path) -> list[dict[str, Any]]:
+    """Each PersistentVolumeClaim the job's pods mount: its volume (the chart's storage key), the local folder
+    standing in for it, whether the chart creates it and whether ``helm uninstall`` would keep it."""
+    rendered = {doc["metadata"]["name"]: doc for doc in documents
+                if doc and doc.get("kind") == "PersistentVolumeClaim"}
+    claims: dict[str, dict[str, Any]] = {}
+    for replica in job.replicas:
+        for volume in replica.pod_spec.get("volumes") or []:
+            name = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if not name or name in claims:
+                continue
+            created = rendered.get(name)
+            annotations = ((created or {}).get("metadata") or {}).get("annotations") or {}
+            claims[name] = {"claim": name, "volume": volume["name"],
+                            "folder": str(volume_folder(volume, replica.pod_name, job_path)),
+                            "created": created is not None,
+                            "keep": created is None or annotations.get(KEEP_ANNOTATION) == "keep"}
+    return list(claims.values())
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -261,6 +282,7 @@ def build_plan(job: OperatorJob, documents: list[dict[str, Any]], job_path: Path
         "mounts": job_mounts,
         "folders": sorted(folders),
         "config_files": config_map_files(documents, job, job_path, job_mounts),
+        "claims": claim_volumes(job, documents, job_path),
         "replicas": replicas,
     }
 

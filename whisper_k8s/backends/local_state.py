@@ -51,6 +51,11 @@ def job_dir(root: Path, name: str) -> Path:
     return root / name
 
 
+def job_exists(root: Path, name: str) -> bool:
+    """Whether a local job of that name is in the state folder (a deleted job's kept outputs are not a job)."""
+    return (job_dir(root, name) / JOB_FILE).is_file()
+
+
 def log_file(job_path: Path, replica: str, attempt: int) -> Path:
     """``logs/worker-0.1.log``: what replica ``worker-0`` wrote in attempt 1."""
     return job_path / "logs" / f"{replica}.{attempt}.log"

@@ -42,6 +42,7 @@ from typing import Any
 
 from whisper_k8s.backends import local_state as state
 from whisper_k8s.backends.local_plan import PORT_PLACEHOLDER
+from whisper_k8s.logs import ended_because
 from whisper_k8s.operators import RestartRule, all_injected_variables, get_contract
 from whisper_k8s.operators.base import CRASH_LOOP_RESET_SECONDS, FAILED, RUNNING, SUCCEEDED
 
@@ -111,9 +112,10 @@ class ReplicaRun:
 
     def __init__(self, spec: dict[str, Any], job_path: Path, port: int, base_env: dict[str, str], *,
                  attempt: int = 0, restarts: int = 0, first_step: int = 0, crashes: int = 0,
-                 start_at: float = 0.0):
+                 start_at: float = 0.0, ended: list[dict[str, Any]] | None = None):
         self.spec = spec
         self.attempt, self.restarts = attempt, restarts
+        self.ended = ended or []  # the replica's earlier attempts: {"attempt", "why"} (restart markers in logs)
         self.crashes, self.start_at = crashes, start_at  # crashes in a row; when a delayed restart starts
         self.log_path = state.log_file(job_path, spec["replica"], attempt)
         self.marker = f"{job_path}/{spec['replica']}/{attempt}"
@@ -134,7 +136,12 @@ class ReplicaRun:
         crashes = 1 if ran_long else self.crashes + 1
         return ReplicaRun(self.spec, self.log_path.parent.parent, int(self.port), self.base_env,
                           attempt=self.attempt + 1, restarts=self.restarts + 1, first_step=self.step,
-                          crashes=crashes, start_at=time.monotonic() + rule.delay(crashes))
+                          crashes=crashes, start_at=time.monotonic() + rule.delay(crashes),
+                          ended=self.history(ended_because(self.code)))
+
+    def history(self, why: str) -> list[dict[str, Any]]:
+        """The earlier attempts and this one, ended for ``why``."""
+        return [*self.ended, {"attempt": self.attempt, "why": why}]
 
     def due(self) -> bool:
         """Whether a delayed restart may start now."""
@@ -216,7 +223,7 @@ class ReplicaRun:
             "process": self.record if self.phase == RUNNING else None, "exit_code": self.code,
             "attempt": self.attempt, "restarts": self.restarts, "started": self.started, "finished": self.finished,
             "waiting": "CrashLoopBackOff" if self.phase == PENDING and self.start_at else "",
-            "log": str(self.log_path),
+            "log": str(self.log_path), "ended": self.ended,
         }
 
 
@@ -253,10 +260,12 @@ class Supervisor:
             self.stop_all()
             return self.end(FAILED, "SupervisorError", f"{type(err).__name__}: {err}")
 
-    def start_all(self, attempt: int) -> None:
-        """Start every replica (at submit, and when the whole job restarts) on a fresh local master port."""
+    def start_all(self, attempt: int, ended: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        """Start every replica (at submit, and when the whole job restarts) on a fresh local master port;
+        ``ended``: each replica's earlier attempts."""
         port = free_port()
-        self.runs = [ReplicaRun(spec, self.job_path, port, self.base_env, attempt=attempt, restarts=attempt)
+        self.runs = [ReplicaRun(spec, self.job_path, port, self.base_env, attempt=attempt, restarts=attempt,
+                                ended=(ended or {}).get(spec["replica"]))
                      for spec in self.plan["replicas"]]
         for run in self.runs:
             run.start_next()
@@ -314,7 +323,10 @@ class Supervisor:
             action = f"restarting in place in {self.rule.delay(again.crashes):.0f} s (the kubelet's back-off)"
         else:
             self.stop_all()
-            self.start_all(self.job["attempt"] + 1)
+            stopped = f"stopped: every replica restarts ({name} exited with {code})"
+            self.start_all(self.job["attempt"] + 1, {
+                run.spec["replica"]: run.history(ended_because(code) if run is failed else stopped)
+                for run in self.runs})
             action = "restarting every replica"
         self.save(restarts=restarts, reason="Restarting", message=f"{name} exited with {code}: {action}")
         return None

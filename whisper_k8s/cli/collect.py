@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from whisper_k8s.collect import collect
 
-    result = collect(_jobs.scheduler(args), args.name, args.to, processor=args.processor,
+    backend = _jobs.job_scheduler(args)
+    recorded = args.recorded_place
+    if recorded is not None and recorded.deleted and not backend.deleted_job(args.name):
+        _jobs.no_such_job(args, backend)  # where the outputs are kept, and how to reach them
+    result = collect(backend, args.name, args.to, processor=args.processor,
                      model_json=args.model_json, force=args.force)
     print(f"collected {args.name} ({result.state}, iteration {result.iteration}) into {result.folder}")
     print(f"report: {result.report}")

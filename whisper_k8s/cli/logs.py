@@ -10,7 +10,8 @@ from whisper_k8s.cli import _jobs
 from whisper_k8s.operators import all_roles
 
 NAME = "logs"
-HELP = "print the merged logs of a job's pods ([master-0], [worker-0] ...); -f follows restarts and new pods"
+HELP = ("print the merged logs of a job's pods ([master-0], [worker-0] ...), each restart marked with why the run "
+        "before it ended; -f follows restarts and new pods in time order; a job not started yet says why")
 ORDER = 30
 EXAMPLES = """
   python -m whisper_k8s logs whisper-hi
@@ -45,23 +46,46 @@ def duration(text: str) -> float:
 
 
 def stream(scheduler, name: str, *, follow: bool, since=None, role=None, rank=None, wait: bool = False) -> int:
-    """Print the log lines; with ``wait`` return the job's outcome as the exit code (used by submit -f)."""
+    """Print the log lines; with ``wait`` return the job's outcome as the exit code (used by submit -f).
+
+    When no replica has started, say why there is nothing to read yet (the pending reasons and their fixes).
+    """
     from whisper_k8s.errors import JobFailed
 
+    printed = False
+    if follow:
+        explain_waiting(scheduler, name, only_if_stuck=True)
     try:
         for line in scheduler.log_iter(name, follow=follow, since=since, role=role, rank=rank):
             print(line, flush=True)
+            printed = True
     except BrokenPipeError:  # `logs NAME | head`: the reader left, which is not an error
         sys.stderr.close()
         return 0
+    if not printed and not follow:
+        explain_waiting(scheduler, name)
     if wait:
         status = scheduler.wait(name)
         if status.state != "Succeeded":
-            raise JobFailed(f"job {status.handle} {status.state}; see `python -m whisper_k8s status {name}`")
+            raise JobFailed(f"job {status.handle} {status.state}; see `{_jobs.hint(scheduler, 'status', name)}`")
         print(f"job {status.handle} Succeeded", file=sys.stderr)
     return 0
 
 
+def explain_waiting(scheduler, name: str, only_if_stuck: bool = False) -> None:
+    """On stderr, when none of the job's replicas has started: why (each pod's reason and the fixes); with
+    ``only_if_stuck`` only when there is a reason (not for a job whose pods are just being created)."""
+    status = scheduler.describe(name)
+    if status is None or status.is_terminal or any(p.phase != "Pending" for p in status.pods):
+        return
+    if only_if_stuck and not status.problems and not any(p.reason for p in status.pods):
+        return
+    waiting = "; ".join(f"{p.replica} {p.phase}" + (f" ({p.reason})" if p.reason else "") for p in status.pods)
+    print(f"no log yet: no replica of job {name} has started ({waiting or 'no pods yet'})", file=sys.stderr)
+    for problem in status.problems:
+        print(f"! {problem}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    return stream(_jobs.scheduler(args), args.name, follow=args.follow, since=args.since,
+    return stream(_jobs.job_scheduler(args), args.name, follow=args.follow, since=args.since,
                   role=args.role, rank=args.rank)

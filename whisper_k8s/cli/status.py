@@ -7,7 +7,8 @@ import argparse
 from whisper_k8s.cli import _jobs
 
 NAME = "status"
-HELP = "show a job's conditions and its pods (role, node rank, phase, restarts, node, age, reason)"
+HELP = ("show a job's conditions and its pods (role, node rank, phase, restarts, node, age, reason), with the fix "
+        "for each reason a pod is stuck")
 ORDER = 20
 EXAMPLES = """
   python -m whisper_k8s status whisper-hi
@@ -22,10 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_k8s.errors import UserError
-
-    status = _jobs.scheduler(args).describe(args.name)
+    backend = _jobs.job_scheduler(args)
+    status = backend.describe(args.name)
     if status is None:
-        raise UserError(f"no job {args.name} in namespace {args.namespace} (see `python -m whisper_k8s list`)")
+        _jobs.no_such_job(args, backend)
     print(status)
     return 0

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_k8s import values
+    from whisper_k8s import places, values
     from whisper_k8s.backends import AppRequest
     from whisper_k8s.cli.logs import stream
 
@@ -76,10 +76,18 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(info, end="")
         return 0
+    place = _jobs.place_of(args, scheduler)
+    kept = scheduler.deleted_job(name) or next(
+        (p.kept for p in places.recorded(name) if p.key == place.key and p.deleted), ())
     handle = scheduler.schedule(info)
+    places.record_submit(name, place)
     print(f"submitted {handle} (values kept in {values_file})", file=sys.stderr)
+    if kept:
+        print(f"resuming: job {name} mounts the outputs kept when it was deleted before ({'; '.join(kept)}); the "
+              "trainer starts from their latest checkpoint (to start afresh, delete it with --purge-outputs and "
+              "submit again)", file=sys.stderr)
     if not args.follow:
-        print(f"next: python -m whisper_k8s logs {name} -f   |   python -m whisper_k8s status {name}",
+        print(f"next: `{_jobs.hint(scheduler, 'logs', name, '-f')}` | `{_jobs.hint(scheduler, 'status', name)}`",
               file=sys.stderr)
         return 0
     return stream(scheduler, name, follow=True, wait=True)
