@@ -113,8 +113,10 @@ def installed(wheel, tmp_path_factory, helm_bin) -> dict:
                                capture_output=True, text=True, check=True).stdout.strip())
     _link_dependencies(wheel, root / "deps")
     (site / "dependencies.pth").write_text(f"{root / 'deps'}\n")
+    # without PYTHONPATH: a checkout on it (its editable egg-info) would make pip think the wheel is installed
+    pip_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index",
-                    "--disable-pip-version-check", str(wheel)], check=True, timeout=300)
+                    "--disable-pip-version-check", str(wheel)], check=True, timeout=300, env=pip_env)
     env = {"PATH": os.pathsep.join([str(venv / "bin"), str(Path(helm_bin).parent), "/usr/bin", "/bin"]),
            "HOME": str(root), "LANG": "C.UTF-8"}
     return {"env": env, "python": python, "venv": venv, "cwd": root / "elsewhere"}
